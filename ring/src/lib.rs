@@ -1,0 +1,103 @@
+//! A per-thread io_uring event loop for socket servers.
+//!
+//! The crate knows sockets and completions, nothing of what the bytes mean. The server drives a
+//! [`Driver`]: it submits operations tagged with a [`UserData`] and reads back [`Completion`]s.
+//! The trait is deliberately narrow (a dozen calls) so that a readiness-based driver or a
+//! simulated, fault-injecting ring can stand in for io_uring without touching connection logic.
+//!
+//! Rules every driver keeps, and every caller may rely on:
+//! - At most the operations submitted complete; each ends with exactly one *final* completion
+//!   (`more == false`); multishot operations post zero or more non-final ones before it.
+//! - Memory handed to the kernel (the `msghdr` of a send and what it points to) is the caller's
+//!   to keep valid until that operation's final completion.
+//! - A full submission queue is flushed and retried inside the driver, never an error.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+mod buf_ring;
+mod doorbell;
+mod uring;
+mod user_data;
+
+pub use doorbell::Doorbell;
+pub use uring::{probe, RingConfig, RingFeatures, SetupError, Uring};
+pub use user_data::{Op, UserData};
+
+/// One completion, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub user_data: UserData,
+    /// The operation's result: bytes, an fd, 0, or a negated errno.
+    pub result: i32,
+    /// True while a multishot operation stays armed; false on every final completion.
+    pub more: bool,
+    /// The provided buffer that holds received bytes, to be handed back with
+    /// [`Driver::recycle`] once read.
+    pub buffer: Option<u16>,
+}
+
+/// Counters a driver keeps about itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Times the submission queue was full and had to be flushed before a push.
+    pub sq_full: u64,
+    /// Times the kernel reported completion-queue overflow (multishots end then; callers re-arm).
+    pub cq_overflow: u64,
+    /// Times a wait returned EINTR/EBUSY/EAGAIN and was retried.
+    pub enter_retries: u64,
+}
+
+/// What the connection logic needs from an I/O backend.
+pub trait Driver {
+    /// Arms a multishot accept: one completion per accepted fd (`result` is the fd).
+    fn accept_multi(&mut self, listener: RawFd, user_data: UserData);
+
+    /// Arms a multishot receive into the provided-buffer pool: one completion per chunk
+    /// (`buffer` set), `result == 0` on the peer's FIN.
+    fn recv_multi(&mut self, fd: RawFd, user_data: UserData);
+
+    /// Sends the gathered iovecs of `msg`.
+    ///
+    /// # Safety
+    /// `msg`, its iovec array and every buffer they point to must stay valid and unchanged until
+    /// the final completion for `user_data` has been returned by [`Driver::completions`].
+    unsafe fn send_msg(&mut self, fd: RawFd, msg: *const libc::msghdr, user_data: UserData);
+
+    /// `shutdown(fd, SHUT_WR)`: the peer reads EOF once what was sent before arrives.
+    fn shutdown_write(&mut self, fd: RawFd, user_data: UserData);
+
+    /// Closes `fd`. The caller must have no operation on `fd` in flight.
+    fn close(&mut self, fd: RawFd, user_data: UserData);
+
+    /// Cancels every operation in flight on `fd`; each then posts its final completion.
+    fn cancel_fd(&mut self, fd: RawFd, user_data: UserData);
+
+    /// Cancels the operation tagged `target`.
+    fn cancel(&mut self, target: UserData, user_data: UserData);
+
+    /// Submits what is queued and waits until a completion is ready or `timeout` passes.
+    fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()>;
+
+    /// Submits what is queued without waiting.
+    fn submit(&mut self) -> io::Result<()>;
+
+    /// Appends every ready completion to `out`. Doorbell completions are re-armed by the driver
+    /// and reported with [`Op::Doorbell`].
+    fn completions(&mut self, out: &mut Vec<Completion>);
+
+    /// The first `len` bytes of provided buffer `id`.
+    fn buffer(&self, id: u16, len: usize) -> &[u8];
+
+    /// Hands buffer `id` back to the kernel.
+    fn recycle(&mut self, id: u16);
+
+    /// Provided buffers currently owned by the kernel (available for receives).
+    fn buffers_available(&self) -> usize;
+
+    /// Wakes this driver's wait from any thread.
+    fn doorbell(&self) -> Doorbell;
+
+    fn stats(&self) -> DriverStats;
+}

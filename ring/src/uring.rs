@@ -1,0 +1,474 @@
+//! The io_uring driver.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+
+use crate::buf_ring::BufRing;
+use crate::{Completion, Doorbell, Driver, DriverStats, Op, UserData};
+
+/// Buffer group id of the one provided-buffer ring each driver registers.
+const BUFFER_GROUP: u16 = 0;
+
+/// The doorbell read is tagged with a slot no connection table can hand out.
+const DOORBELL_USER_DATA: UserData = UserData::new(u32::MAX, 0, Op::Doorbell);
+
+#[derive(Clone, Copy, Debug)]
+pub struct RingConfig {
+    /// Submission queue entries (rounded up to a power of two by the kernel).
+    pub sq_entries: u32,
+    /// Completion queue entries; make it large, overflow ends multishot operations.
+    pub cq_entries: u32,
+    /// Provided receive buffers (a power of two).
+    pub recv_buffers: u16,
+    /// Size of each provided receive buffer.
+    pub recv_buffer_bytes: usize,
+}
+
+/// What the kernel granted.
+#[derive(Clone, Debug, Default)]
+pub struct RingFeatures {
+    pub single_issuer: bool,
+    pub defer_taskrun: bool,
+    pub kernel_release: String,
+}
+
+impl fmt::Display for RingFeatures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "kernel {}, multishot accept+recv, provided buffer ring, single_issuer={}, defer_taskrun={}",
+            self.kernel_release, self.single_issuer, self.defer_taskrun
+        )
+    }
+}
+
+/// io_uring could not be used. `Display` names the cause and the fix.
+#[derive(Debug)]
+pub struct SetupError {
+    /// What was being attempted ("io_uring_setup", "probe", …).
+    pub step: &'static str,
+    pub error: io::Error,
+    /// Extra detail, e.g. the missing opcode.
+    pub detail: String,
+}
+
+impl SetupError {
+    fn new(step: &'static str, error: io::Error) -> Self {
+        SetupError {
+            step,
+            error,
+            detail: String::new(),
+        }
+    }
+
+    /// The fix for this cause, in one sentence.
+    pub fn advice(&self) -> &'static str {
+        match self.error.raw_os_error() {
+            Some(libc::EPERM) => {
+                "io_uring is forbidden here: either the sysctl kernel.io_uring_disabled is 1 or 2 \
+                 (set it to 0: sysctl -w kernel.io_uring_disabled=0), or a container seccomp profile \
+                 blocks it (Docker Engine >= 25 and containerd 2 do by default: run with a profile \
+                 that allows io_uring_setup, io_uring_enter and io_uring_register)"
+            }
+            Some(libc::ENOSYS) => {
+                "this kernel or sandbox has no io_uring (gVisor, or a kernel built without \
+                 CONFIG_IO_URING): run on Linux >= 6.0 with io_uring enabled"
+            }
+            Some(libc::EINVAL) => {
+                "the kernel is too old for the io_uring features ringfan needs (multishot accept \
+                 and recv, provided buffer rings): run on Linux >= 6.0"
+            }
+            Some(libc::ENOMEM) => {
+                "the kernel could not allocate or lock memory for the ring: raise the locked-memory \
+                 limit (ulimit -l, or LimitMEMLOCK= in a systemd unit) or lower RINGFAN_RING_ENTRIES / \
+                 RINGFAN_RECV_BUFFERS"
+            }
+            _ => "unexpected error while setting up io_uring",
+        }
+    }
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "io_uring unavailable: {} failed: {}",
+            self.step, self.error
+        )?;
+        if !self.detail.is_empty() {
+            write!(f, " ({})", self.detail)?;
+        }
+        write!(f, ". {}", self.advice())
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+fn kernel_release() -> String {
+    // SAFETY: utsname is plain data; uname fills it; release is NUL-terminated by the kernel.
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// (major, minor) of a release string like "6.18.44-foo".
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+fn build_ring(config: &RingConfig) -> Result<(IoUring, RingFeatures), SetupError> {
+    let mut features = RingFeatures {
+        kernel_release: kernel_release(),
+        ..Default::default()
+    };
+    if let Some(v) = kernel_version(&features.kernel_release) {
+        if v < (6, 0) {
+            let mut e = SetupError::new(
+                "kernel version check",
+                io::Error::from_raw_os_error(libc::EINVAL),
+            );
+            e.detail = format!("kernel {} lacks multishot recv", features.kernel_release);
+            return Err(e);
+        }
+    }
+    // DEFER_TASKRUN (6.1+) runs completion work only when we enter the ring, on our own thread:
+    // fewer interrupts of the loop. It requires SINGLE_ISSUER. Fall back to a plain ring if the
+    // kernel refuses either.
+    let attempt = IoUring::builder()
+        .setup_cqsize(config.cq_entries)
+        .setup_submit_all()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(config.sq_entries);
+    let ring = match attempt {
+        Ok(ring) => {
+            features.single_issuer = true;
+            features.defer_taskrun = true;
+            ring
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .setup_cqsize(config.cq_entries)
+            .build(config.sq_entries)
+            .map_err(|e| SetupError::new("io_uring_setup", e))?,
+        Err(e) => return Err(SetupError::new("io_uring_setup", e)),
+    };
+    if !ring.params().is_feature_nodrop() || !ring.params().is_feature_ext_arg() {
+        let mut e = SetupError::new("feature check", io::Error::from_raw_os_error(libc::EINVAL));
+        e.detail = "ring lacks IORING_FEAT_NODROP or IORING_FEAT_EXT_ARG".into();
+        return Err(e);
+    }
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| SetupError::new("io_uring_register(PROBE)", e))?;
+    let needed: [(&str, u8); 8] = [
+        ("ACCEPT", opcode::AcceptMulti::CODE),
+        ("RECV", opcode::RecvMulti::CODE),
+        ("SENDMSG", opcode::SendMsg::CODE),
+        ("SHUTDOWN", opcode::Shutdown::CODE),
+        ("CLOSE", opcode::Close::CODE),
+        ("ASYNC_CANCEL", opcode::AsyncCancel2::CODE),
+        ("READ", opcode::Read::CODE),
+        ("NOP", opcode::Nop::CODE),
+    ];
+    for (name, code) in needed {
+        if !probe.is_supported(code) {
+            let mut e = SetupError::new("opcode probe", io::Error::from_raw_os_error(libc::EINVAL));
+            e.detail = format!("IORING_OP_{name} not supported");
+            return Err(e);
+        }
+    }
+    Ok((ring, features))
+}
+
+/// Checks that io_uring and every opcode and feature the server needs work here, by building a
+/// small ring the way workers do and registering a buffer ring on it.
+pub fn probe() -> Result<RingFeatures, SetupError> {
+    let config = RingConfig {
+        sq_entries: 8,
+        cq_entries: 16,
+        recv_buffers: 2,
+        recv_buffer_bytes: 64,
+    };
+    Uring::new(&config).map(|u| u.features)
+}
+
+/// One io_uring, its provided-buffer ring and its doorbell. Build it on the thread that uses it.
+pub struct Uring {
+    ring: IoUring,
+    bufs: BufRing,
+    doorbell: Doorbell,
+    /// Where the armed doorbell read writes the eventfd counter. Leaked on purpose: the kernel
+    /// cancels the read asynchronously when the ring is torn down, so the 8 bytes must outlive
+    /// `self`.
+    doorbell_buf: &'static mut u64,
+    features: RingFeatures,
+    /// Completions reaped while flushing a full submission queue, returned first next time.
+    reaped: Vec<Completion>,
+    stats: DriverStats,
+    overflow_seen: bool,
+}
+
+impl Uring {
+    pub fn new(config: &RingConfig) -> Result<Self, SetupError> {
+        let (ring, features) = build_ring(config)?;
+        let bufs = BufRing::new(config.recv_buffers, config.recv_buffer_bytes)
+            .map_err(|e| SetupError::new("provided buffer ring allocation", e))?;
+        // SAFETY: the ring mapping lives in `bufs`, which lives as long as `ring` (fields drop
+        // ring first), and its entry count is what we register.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUFFER_GROUP, 0)
+                .map_err(|e| SetupError::new("io_uring_register(PBUF_RING)", e))?;
+        }
+        let doorbell = Doorbell::new().map_err(|e| SetupError::new("eventfd", e))?;
+        let mut uring = Uring {
+            ring,
+            bufs,
+            doorbell,
+            doorbell_buf: Box::leak(Box::new(0u64)),
+            features,
+            reaped: Vec::new(),
+            stats: DriverStats::default(),
+            overflow_seen: false,
+        };
+        uring.arm_doorbell();
+        Ok(uring)
+    }
+
+    pub fn features(&self) -> &RingFeatures {
+        &self.features
+    }
+
+    fn arm_doorbell(&mut self) {
+        let buf: *mut u64 = self.doorbell_buf;
+        let entry = opcode::Read::new(types::Fd(self.doorbell.raw_fd()), buf.cast(), 8)
+            .build()
+            .user_data(DOORBELL_USER_DATA.to_u64());
+        self.push(entry);
+    }
+
+    /// Queues one submission; a full queue is flushed to the kernel and the push retried.
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry built in this file points only at memory the caller has
+            // promised (send_msg) or this struct owns (doorbell, buffer ring) until its final
+            // completion.
+            if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            self.stats.sq_full += 1;
+            match self.ring.submit() {
+                Ok(_) => {}
+                // EBUSY: the completion queue is overflowing and the kernel will not take more
+                // submissions until we reap. Reap into `reaped`, then retry.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap_into_buffer(),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => panic!("io_uring_enter failed while flushing a full queue: {e}"),
+            }
+        }
+    }
+
+    fn reap_into_buffer(&mut self) {
+        let mut out = std::mem::take(&mut self.reaped);
+        self.reap(&mut out);
+        self.reaped = out;
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        let mut doorbell_fired = false;
+        for cqe in self.ring.completion() {
+            let flags = cqe.flags();
+            let user_data = UserData::from_u64(cqe.user_data());
+            let buffer = cqueue::buffer_select(flags);
+            if buffer.is_some() {
+                self.bufs.taken();
+            }
+            if user_data == DOORBELL_USER_DATA {
+                doorbell_fired = true;
+            }
+            out.push(Completion {
+                user_data,
+                result: cqe.result(),
+                more: cqueue::more(flags),
+                buffer,
+            });
+        }
+        if doorbell_fired {
+            self.arm_doorbell();
+        }
+    }
+
+    fn note_overflow(&mut self) {
+        let overflow = self.ring.submission().cq_overflow();
+        if overflow && !self.overflow_seen {
+            self.stats.cq_overflow += 1;
+        }
+        self.overflow_seen = overflow;
+    }
+}
+
+impl Driver for Uring {
+    fn accept_multi(&mut self, listener: RawFd, user_data: UserData) {
+        let e = opcode::AcceptMulti::new(types::Fd(listener))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data.to_u64());
+        self.push(e);
+    }
+
+    fn recv_multi(&mut self, fd: RawFd, user_data: UserData) {
+        let e = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
+            .build()
+            .user_data(user_data.to_u64());
+        self.push(e);
+    }
+
+    unsafe fn send_msg(&mut self, fd: RawFd, msg: *const libc::msghdr, user_data: UserData) {
+        let e = opcode::SendMsg::new(types::Fd(fd), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(user_data.to_u64());
+        self.push(e);
+    }
+
+    fn shutdown_write(&mut self, fd: RawFd, user_data: UserData) {
+        let e = opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR)
+            .build()
+            .user_data(user_data.to_u64());
+        self.push(e);
+    }
+
+    fn close(&mut self, fd: RawFd, user_data: UserData) {
+        let e = opcode::Close::new(types::Fd(fd))
+            .build()
+            .user_data(user_data.to_u64());
+        self.push(e);
+    }
+
+    fn cancel_fd(&mut self, fd: RawFd, user_data: UserData) {
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(user_data.to_u64());
+        self.push(e);
+    }
+
+    fn cancel(&mut self, target: UserData, user_data: UserData) {
+        let e = opcode::AsyncCancel::new(target.to_u64())
+            .build()
+            .user_data(user_data.to_u64());
+        self.push(e);
+    }
+
+    fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+        if !self.reaped.is_empty() {
+            return self.submit();
+        }
+        let ts = types::Timespec::new()
+            .sec(timeout.as_secs())
+            .nsec(timeout.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let result = self.ring.submitter().submit_with_args(1, &args);
+        self.note_overflow();
+        match result {
+            Ok(_) => Ok(()),
+            // ETIME: the timeout passed with nothing ready. EINTR: a signal. EBUSY: completions
+            // are backed up; the caller reaps next. None of them is a failure.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME)) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                self.stats.enter_retries += 1;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        let result = self.ring.submit();
+        self.note_overflow();
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                self.stats.enter_retries += 1;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn completions(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.reaped);
+        self.reap(out);
+    }
+
+    fn buffer(&self, id: u16, len: usize) -> &[u8] {
+        self.bufs.buffer(id, len)
+    }
+
+    fn recycle(&mut self, id: u16) {
+        self.bufs.recycle(id);
+    }
+
+    fn buffers_available(&self) -> usize {
+        self.bufs.available()
+    }
+
+    fn doorbell(&self) -> Doorbell {
+        self.doorbell.clone()
+    }
+
+    fn stats(&self) -> DriverStats {
+        self.stats
+    }
+}
+
+impl AsRawFd for Uring {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_version_parses() {
+        assert_eq!(kernel_version("6.18.44-fc-v595"), Some((6, 18)));
+        assert_eq!(kernel_version("5.15.0"), Some((5, 15)));
+        assert_eq!(kernel_version("garbage"), None);
+    }
+
+    #[test]
+    fn advice_names_the_fix_for_each_cause() {
+        let e = |errno| SetupError::new("io_uring_setup", io::Error::from_raw_os_error(errno));
+        assert!(e(libc::EPERM)
+            .to_string()
+            .contains("kernel.io_uring_disabled"));
+        assert!(e(libc::EPERM).to_string().contains("seccomp"));
+        assert!(e(libc::ENOSYS).to_string().contains("gVisor"));
+        assert!(e(libc::EINVAL).to_string().contains("too old"));
+        assert!(e(libc::ENOMEM).to_string().contains("ulimit -l"));
+    }
+}

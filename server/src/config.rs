@@ -1,0 +1,352 @@
+//! Configuration from `RINGFAN_*` environment variables.
+//!
+//! One table ([`VARS`]) drives parsing, `--help` and the typo guard, so a variable cannot be
+//! added to one and forgotten in the others.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub pin: bool,
+    pub echo: bool,
+    pub max_frame_bytes: usize,
+    pub send_queue_bytes_max: usize,
+    pub close_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub read_budget_bytes: usize,
+    pub recv_buffers: u16,
+    pub recv_buffer_bytes: usize,
+    pub ring_entries: u32,
+    pub listen_backlog: i32,
+    pub log: String,
+}
+
+/// A variable's value was not acceptable. `Display` names the variable, the value and what is
+/// accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub accepted: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: expected {}",
+            self.var, self.value, self.accepted
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Var {
+    name: &'static str,
+    /// The default as shown by `--help`.
+    default: &'static str,
+    help: &'static str,
+}
+
+const VARS: &[Var] = &[
+    Var { name: "RINGFAN_LISTEN", default: "127.0.0.1:7000", help: "address:port to accept connections on (port 0 picks a free port)" },
+    Var { name: "RINGFAN_THREADS", default: "available cores", help: "worker threads, one io_uring each" },
+    Var { name: "RINGFAN_PIN", default: "1", help: "pin each worker to its own core (0 or 1)" },
+    Var { name: "RINGFAN_ECHO", default: "1", help: "deliver a publisher's lines to itself too (0 or 1)" },
+    Var { name: "RINGFAN_MAX_FRAME_BYTES", default: "65536", help: "longest accepted line, newline included; longer is a protocol error" },
+    Var { name: "RINGFAN_SEND_QUEUE_BYTES_MAX", default: "4194304", help: "bytes queued for one subscriber before it is evicted as too slow" },
+    Var { name: "RINGFAN_CLOSE_TIMEOUT_MS", default: "5000", help: "time a closing connection gets to flush and send its FIN before an abortive close (RST)" },
+    Var { name: "RINGFAN_SHUTDOWN_TIMEOUT_MS", default: "10000", help: "on SIGINT/SIGTERM, time to close every connection gracefully; the rest are reset" },
+    Var { name: "RINGFAN_READ_BUDGET_BYTES", default: "65536", help: "input taken from one connection per loop turn (fairness under a flooding publisher)" },
+    Var { name: "RINGFAN_RECV_BUFFERS", default: "1024", help: "provided receive buffers per worker (power of two, at most 32768)" },
+    Var { name: "RINGFAN_RECV_BUFFER_BYTES", default: "16384", help: "size of each provided receive buffer" },
+    Var { name: "RINGFAN_RING_ENTRIES", default: "4096", help: "io_uring submission queue entries per worker (completion queue: 4x)" },
+    Var { name: "RINGFAN_LISTEN_BACKLOG", default: "4096", help: "listen(2) backlog of each worker's listener" },
+    Var { name: "RINGFAN_LOG", default: "info", help: "log filter: error, warn, info, debug, trace (tracing EnvFilter syntax)" },
+];
+
+/// The `--help` text.
+pub fn help() -> String {
+    let mut s = String::from(
+        "ringfan: a TCP broadcast server. Every line (bytes up to and including \\n) any client\n\
+         sends is delivered to every connected client.\n\n\
+         Usage: ringfan [--help | --check]\n  \
+         --help   this text\n  \
+         --check  probe io_uring and exit 0 if the server can run here\n\n\
+         Configuration (environment variables; sizes accept a KiB/MiB/GiB suffix):\n",
+    );
+    for v in VARS {
+        s.push_str(&format!(
+            "  {:<30} default {:<16} {}\n",
+            v.name, v.default, v.help
+        ));
+    }
+    s
+}
+
+/// Names of set `RINGFAN_*` variables that ringfan does not know (likely typos).
+pub fn unknown_vars(env: &[(String, String)]) -> Vec<String> {
+    env.iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("RINGFAN_") && !VARS.iter().any(|v| v.name == k.as_str()))
+        .cloned()
+        .collect()
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(&std::env::vars().collect::<Vec<_>>())
+    }
+
+    pub fn from_vars(env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let get = |name: &str| {
+            env.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let size = |name: &'static str,
+                    default: usize,
+                    min: usize,
+                    max: usize|
+         -> Result<usize, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => parse_bytes(v)
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| ConfigError {
+                        var: name,
+                        value: v.into(),
+                        accepted: format!(
+                            "a byte count from {min} to {max} (e.g. 65536, 64KiB, 4MiB)"
+                        ),
+                    }),
+            }
+        };
+        let int = |name: &'static str,
+                   default: u64,
+                   min: u64,
+                   max: u64,
+                   unit: &str|
+         -> Result<u64, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .ok_or_else(|| ConfigError {
+                        var: name,
+                        value: v.into(),
+                        accepted: format!("an integer from {min} to {max}{unit}"),
+                    }),
+            }
+        };
+        let flag = |name: &'static str, default: bool| -> Result<bool, ConfigError> {
+            match get(name).map(str::trim) {
+                None => Ok(default),
+                Some("1" | "true" | "yes" | "on") => Ok(true),
+                Some("0" | "false" | "no" | "off") => Ok(false),
+                Some(v) => Err(ConfigError {
+                    var: name,
+                    value: v.into(),
+                    accepted: "0 or 1 (also true/false, yes/no, on/off)".into(),
+                }),
+            }
+        };
+        let listen = match get("RINGFAN_LISTEN") {
+            None => "127.0.0.1:7000".parse().expect("default address parses"),
+            Some(v) => v
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| ConfigError {
+                    var: "RINGFAN_LISTEN",
+                    value: v.into(),
+                    accepted: "host:port, e.g. 127.0.0.1:7000, 0.0.0.0:7000 or [::1]:7000".into(),
+                })?,
+        };
+        let recv_buffers = int("RINGFAN_RECV_BUFFERS", 1024, 2, 32768, ", a power of two")?;
+        if !recv_buffers.is_power_of_two() {
+            return Err(ConfigError {
+                var: "RINGFAN_RECV_BUFFERS",
+                value: get("RINGFAN_RECV_BUFFERS").unwrap_or_default().into(),
+                accepted: "a power of two from 2 to 32768".into(),
+            });
+        }
+        let log = get("RINGFAN_LOG").unwrap_or("info").to_string();
+        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
+            return Err(ConfigError {
+                var: "RINGFAN_LOG",
+                value: log,
+                accepted: "a level (error, warn, info, debug, trace) or a tracing filter like ringfan=debug".into(),
+            });
+        }
+        Ok(Config {
+            listen,
+            threads: int("RINGFAN_THREADS", cores as u64, 1, 1024, "")? as usize,
+            pin: flag("RINGFAN_PIN", true)?,
+            echo: flag("RINGFAN_ECHO", true)?,
+            max_frame_bytes: size("RINGFAN_MAX_FRAME_BYTES", 65536, 2, 1 << 30)?,
+            send_queue_bytes_max: size("RINGFAN_SEND_QUEUE_BYTES_MAX", 4 << 20, 1, 1 << 40)?,
+            close_timeout: Duration::from_millis(int(
+                "RINGFAN_CLOSE_TIMEOUT_MS",
+                5000,
+                1,
+                86_400_000,
+                " (milliseconds)",
+            )?),
+            shutdown_timeout: Duration::from_millis(int(
+                "RINGFAN_SHUTDOWN_TIMEOUT_MS",
+                10_000,
+                1,
+                86_400_000,
+                " (milliseconds)",
+            )?),
+            read_budget_bytes: size("RINGFAN_READ_BUDGET_BYTES", 65536, 1, 1 << 30)?,
+            recv_buffers: recv_buffers as u16,
+            recv_buffer_bytes: size("RINGFAN_RECV_BUFFER_BYTES", 16384, 64, 1 << 20)?,
+            ring_entries: int("RINGFAN_RING_ENTRIES", 4096, 8, 32768, "")? as u32,
+            listen_backlog: int("RINGFAN_LISTEN_BACKLOG", 4096, 1, 65535, "")? as i32,
+            log,
+        })
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "listen={} threads={} pin={} echo={} max_frame_bytes={} send_queue_bytes_max={} \
+             close_timeout_ms={} shutdown_timeout_ms={} read_budget_bytes={} recv_buffers={} \
+             recv_buffer_bytes={} ring_entries={} listen_backlog={}",
+            self.listen,
+            self.threads,
+            self.pin,
+            self.echo,
+            self.max_frame_bytes,
+            self.send_queue_bytes_max,
+            self.close_timeout.as_millis(),
+            self.shutdown_timeout.as_millis(),
+            self.read_budget_bytes,
+            self.recv_buffers,
+            self.recv_buffer_bytes,
+            self.ring_entries,
+            self.listen_backlog
+        )
+    }
+}
+
+/// "65536", "64KiB", "64k", "4MiB", "4M", "1GiB" (binary multiples).
+fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, suffix) = s.split_at(split);
+    let n: usize = digits.parse().ok()?;
+    let mult: usize = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn defaults() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
+        assert!(c.threads >= 1);
+        assert_eq!(c.max_frame_bytes, 65536);
+        assert_eq!(c.send_queue_bytes_max, 4 << 20);
+        assert_eq!(c.close_timeout, Duration::from_secs(5));
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert!(c.echo && c.pin);
+    }
+
+    #[test]
+    fn sizes_take_suffixes() {
+        assert_eq!(parse_bytes("64KiB"), Some(65536));
+        assert_eq!(parse_bytes("4M"), Some(4 << 20));
+        assert_eq!(parse_bytes(" 12 "), Some(12));
+        assert_eq!(parse_bytes("12 kb"), Some(12 << 10));
+        assert_eq!(parse_bytes("x"), None);
+        assert_eq!(parse_bytes("-5"), None);
+        assert_eq!(parse_bytes("99999999999999999999G"), None);
+    }
+
+    #[test]
+    fn errors_name_variable_value_and_accepted() {
+        let e = with(&[("RINGFAN_THREADS", "abc")]).unwrap_err();
+        assert_eq!(e.var, "RINGFAN_THREADS");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("RINGFAN_THREADS") && msg.contains("abc") && msg.contains("integer"),
+            "{msg}"
+        );
+        assert_eq!(
+            with(&[("RINGFAN_THREADS", "0")]).unwrap_err().var,
+            "RINGFAN_THREADS"
+        );
+        assert_eq!(
+            with(&[("RINGFAN_ECHO", "maybe")]).unwrap_err().var,
+            "RINGFAN_ECHO"
+        );
+        assert_eq!(
+            with(&[("RINGFAN_LISTEN", "nonsense")]).unwrap_err().var,
+            "RINGFAN_LISTEN"
+        );
+        assert_eq!(
+            with(&[("RINGFAN_CLOSE_TIMEOUT_MS", "-5")]).unwrap_err().var,
+            "RINGFAN_CLOSE_TIMEOUT_MS"
+        );
+        assert_eq!(
+            with(&[("RINGFAN_RECV_BUFFERS", "1000")]).unwrap_err().var,
+            "RINGFAN_RECV_BUFFERS"
+        );
+        assert_eq!(
+            with(&[("RINGFAN_MAX_FRAME_BYTES", "1")]).unwrap_err().var,
+            "RINGFAN_MAX_FRAME_BYTES"
+        );
+        assert_eq!(
+            with(&[("RINGFAN_LOG", "[")]).unwrap_err().var,
+            "RINGFAN_LOG"
+        );
+    }
+
+    #[test]
+    fn help_lists_every_variable_and_typos_are_found() {
+        let h = help();
+        for v in VARS {
+            assert!(h.contains(v.name), "{} missing from --help", v.name);
+        }
+        let env = vec![
+            ("RINGFAN_THREAD".to_string(), "2".to_string()),
+            ("RINGFAN_PIN".into(), "0".into()),
+        ];
+        assert_eq!(unknown_vars(&env), vec!["RINGFAN_THREAD".to_string()]);
+    }
+}

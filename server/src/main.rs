@@ -1,0 +1,268 @@
+//! `ringfan`: a thread-per-core io_uring TCP broadcast server.
+
+mod config;
+mod conn;
+mod hub;
+mod net;
+mod stats;
+mod worker;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use ring::{Driver, RingConfig, Uring};
+
+use crate::config::Config;
+use crate::hub::Shared;
+use crate::stats::Stats;
+use crate::worker::Worker;
+
+/// Exit status for a configuration error (bad variable or argument).
+const EXIT_CONFIG: u8 = 2;
+/// Exit status when io_uring cannot be used here.
+const EXIT_NO_IO_URING: u8 = 3;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("--help" | "-h") => {
+            print!("{}", config::help());
+            return ExitCode::SUCCESS;
+        }
+        Some("--check") => {
+            return match ring::probe() {
+                Ok(features) => {
+                    println!("io_uring usable: {features}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringfan: {e}");
+                    ExitCode::from(EXIT_NO_IO_URING)
+                }
+            };
+        }
+        Some(other) => {
+            eprintln!("ringfan: unknown argument {other:?}; ringfan takes no arguments but --help and --check (configuration is by RINGFAN_* environment variables, see --help)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    let cfg = match Config::from_env() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("ringfan: {e} (see ringfan --help)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    for name in config::unknown_vars(&std::env::vars().collect::<Vec<_>>()) {
+        tracing::warn!(
+            "ignoring unknown variable {name}: not a ringfan setting (typo? see ringfan --help)"
+        );
+    }
+    match serve(cfg) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match net::raise_nofile_limit() {
+        Ok((old, new)) if old != new => {
+            tracing::info!("raised the open-file limit from {old} to {new}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not raise RLIMIT_NOFILE: {e}"),
+    }
+    let features = match ring::probe() {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Ok(ExitCode::from(EXIT_NO_IO_URING));
+        }
+    };
+    // Signals are taken by sigwait on this thread; block them before any worker exists so every
+    // thread inherits the mask.
+    let signals = block_signals();
+
+    let (listeners, addr) =
+        net::reuseport_listeners(cfg.listen, cfg.threads, cfg.listen_backlog)
+            .map_err(|e| format!("cannot listen on {} (RINGFAN_LISTEN): {e}", cfg.listen))?;
+    let cfg = Arc::new(cfg);
+    let shared = Arc::new(Shared::new(cfg.threads));
+    let cores = if cfg.pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if cfg.pin && cores.is_empty() {
+        tracing::warn!(
+            "cannot read the CPU set; workers are not pinned (RINGFAN_PIN=0 silences this)"
+        );
+    }
+    let ring_config = RingConfig {
+        sq_entries: cfg.ring_entries,
+        cq_entries: cfg.ring_entries.saturating_mul(4),
+        recv_buffers: cfg.recv_buffers,
+        recv_buffer_bytes: cfg.recv_buffer_bytes,
+    };
+
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let start = Arc::new(Barrier::new(cfg.threads + 1));
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel();
+        senders.push(tx);
+        let (cfg, shared, ready_tx, start) =
+            (cfg.clone(), shared.clone(), ready_tx.clone(), start.clone());
+        let core = cores.get(id % cores.len().max(1)).copied();
+        let handle = thread::Builder::new()
+            .name(format!("ringfan-w{id}"))
+            .spawn(move || -> std::io::Result<Stats> {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(worker = id, "could not pin to core {}", core.id);
+                    }
+                }
+                // The ring is built on the thread that uses it (single-issuer rings demand it).
+                let driver = match Uring::new(&ring_config) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return Ok(Stats::default());
+                    }
+                };
+                let _ = ready_tx.send(Ok((id, driver.doorbell())));
+                start.wait();
+                Worker::new(id, cfg, driver, shared, rx, listener).run()
+            })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut doorbells = vec![None; cfg.threads];
+    for _ in 0..cfg.threads {
+        match ready_rx.recv()? {
+            Ok((id, doorbell)) => doorbells[id] = Some(doorbell),
+            Err(e) => {
+                tracing::error!("a worker could not start: {e}");
+                return Ok(ExitCode::from(EXIT_NO_IO_URING));
+            }
+        }
+    }
+    shared.set_mailboxes(
+        senders
+            .into_iter()
+            .zip(
+                doorbells
+                    .into_iter()
+                    .map(|d| d.expect("every worker reported")),
+            )
+            .collect(),
+    );
+    start.wait();
+
+    tracing::info!(%cfg, "ringfan starting");
+    tracing::info!("io_uring: {features}");
+    println!("ringfan listening on {addr}");
+    let _ = std::io::stdout().flush();
+
+    // Wait for SIGINT/SIGTERM, or for a worker to stop on its own (an error).
+    let mut failed = false;
+    loop {
+        if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
+            tracing::info!(
+                "received {}: stopping accepts, flushing every connection",
+                signal_name(sig)
+            );
+            break;
+        }
+        if handles.iter().any(|h| h.is_finished()) {
+            tracing::error!("a worker stopped unexpectedly; shutting down");
+            failed = true;
+            break;
+        }
+    }
+    shared.shutdown.store(true, Ordering::Release);
+    shared.wake_all();
+    // A second signal while draining means "now".
+    let watcher = thread::spawn(move || loop {
+        if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
+            tracing::warn!(
+                "received {} again: exiting without waiting for connections",
+                signal_name(sig)
+            );
+            std::process::exit(1);
+        }
+    });
+    drop(watcher);
+
+    let mut total = Stats::default();
+    for (id, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(stats)) => total.add(&stats),
+            Ok(Err(e)) => {
+                tracing::error!(worker = id, "worker failed: {e}");
+                failed = true;
+            }
+            Err(_) => {
+                tracing::error!(worker = id, "worker panicked");
+                failed = true;
+            }
+        }
+    }
+    if total.shutdown_aborted > 0 {
+        tracing::warn!(
+            connections = total.shutdown_aborted,
+            "closed abortively at shutdown (RINGFAN_SHUTDOWN_TIMEOUT_MS passed)"
+        );
+    }
+    tracing::info!("stopped: {total}");
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local; pthread_sigmask affects only this thread (and the
+    // threads it spawns later).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    // SAFETY: `set` and `ts` are live; a null siginfo pointer is allowed.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}

@@ -1,0 +1,100 @@
+//! Per-worker counters: plain integers on the hot path, summed across workers at exit.
+
+use std::fmt;
+
+use ring::DriverStats;
+
+use crate::conn::CloseReason;
+
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub accepted: u64,
+    /// Connections freed, by [`CloseReason`] index.
+    pub closed: [u64; CloseReason::ALL.len()],
+    /// Subscriptions dropped, by [`CloseReason`] index.
+    pub unsubscribed: [u64; CloseReason::ALL.len()],
+    pub aborted: u64,
+    pub close_timeouts: u64,
+    pub shutdown_aborted: u64,
+    /// Queued bytes that were never sent because the connection was closed abortively.
+    pub lost_bytes: u64,
+    pub stale_completions: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub bytes_discarded: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub protocol_errors: u64,
+    pub evicted_slow: u64,
+    pub recv_enobufs: u64,
+    pub recv_paused: u64,
+    pub backpressure_turns: u64,
+    pub accept_emfile: u64,
+    pub unexpected_errors: u64,
+    pub driver: DriverStats,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        self.accepted += o.accepted;
+        for i in 0..self.closed.len() {
+            self.closed[i] += o.closed[i];
+            self.unsubscribed[i] += o.unsubscribed[i];
+        }
+        self.aborted += o.aborted;
+        self.close_timeouts += o.close_timeouts;
+        self.shutdown_aborted += o.shutdown_aborted;
+        self.lost_bytes += o.lost_bytes;
+        self.stale_completions += o.stale_completions;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.bytes_discarded += o.bytes_discarded;
+        self.messages_in += o.messages_in;
+        self.messages_out += o.messages_out;
+        self.protocol_errors += o.protocol_errors;
+        self.evicted_slow += o.evicted_slow;
+        self.recv_enobufs += o.recv_enobufs;
+        self.recv_paused += o.recv_paused;
+        self.backpressure_turns += o.backpressure_turns;
+        self.accept_emfile += o.accept_emfile;
+        self.unexpected_errors += o.unexpected_errors;
+        self.driver.sq_full += o.driver.sq_full;
+        self.driver.cq_overflow += o.driver.cq_overflow;
+        self.driver.enter_retries += o.driver.enter_retries;
+    }
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "accepted={}", self.accepted)?;
+        for r in CloseReason::ALL {
+            write!(f, " closed_{}={}", r.name(), self.closed[r as usize])?;
+        }
+        write!(
+            f,
+            " aborted={} close_timeouts={} shutdown_aborted={} lost_bytes={} stale_completions={} \
+             messages_in={} messages_out={} bytes_in={} bytes_out={} bytes_discarded={} \
+             protocol_errors={} evicted_slow={} recv_enobufs={} recv_paused={} backpressure_turns={} \
+             accept_emfile={} unexpected_errors={} sq_full={} cq_overflow={}",
+            self.aborted,
+            self.close_timeouts,
+            self.shutdown_aborted,
+            self.lost_bytes,
+            self.stale_completions,
+            self.messages_in,
+            self.messages_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.bytes_discarded,
+            self.protocol_errors,
+            self.evicted_slow,
+            self.recv_enobufs,
+            self.recv_paused,
+            self.backpressure_turns,
+            self.accept_emfile,
+            self.unexpected_errors,
+            self.driver.sq_full,
+            self.driver.cq_overflow
+        )
+    }
+}

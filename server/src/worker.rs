@@ -1,0 +1,679 @@
+//! One worker: one ring, one listener, one connection table, one hub shard, one thread.
+//!
+//! A loop turn: take completions → take other workers' batches → decode input, bounded per
+//! connection → fan the turn's lines out (locally, and one batch to each other worker) → submit
+//! gathered sends → deadlines → wait.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::Chunk;
+use ring::{Completion, Driver, Op, UserData};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::conn::{CloseReason, Closing, Conn, ReadEnd, ReadHalf, WriteHalf};
+use crate::hub::{Batch, Shared};
+use crate::net;
+use crate::stats::Stats;
+
+/// Slot used in the listener's user_data; connection slots never reach it.
+const LISTENER_SLOT: u32 = u32::MAX - 1;
+const ACCEPT_UD: UserData = UserData::new(LISTENER_SLOT, 0, Op::Accept);
+const ACCEPT_CANCEL_UD: UserData = UserData::new(LISTENER_SLOT, 0, Op::Cancel);
+
+/// Longest the loop sleeps when nothing is due; bounds how late a shutdown flag is noticed if a
+/// wake-up were ever lost.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// Back-off before re-arming accept after EMFILE/ENFILE or an unexpected error (no busy loop).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Running,
+    /// Shutdown seen: our last input is published, waiting for every other worker's.
+    WaitingPeers,
+    /// Every subscription dropped; closing connections.
+    Draining,
+}
+
+pub struct Worker<D: Driver> {
+    pub(crate) id: usize,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) driver: D,
+    shared: Arc<Shared>,
+    inbox: Receiver<Batch>,
+    listener: Option<OwnedFd>,
+    accept_armed: bool,
+    accept_retry_at: Option<Instant>,
+    pub(crate) conns: Slab<Conn>,
+    /// Generation of each slot, kept across reuse.
+    pub(crate) generations: Vec<u32>,
+    /// Slots of subscribed connections.
+    pub(crate) subscribers: Vec<usize>,
+    /// Connections with undecoded input.
+    ready: VecDeque<usize>,
+    /// Connections with queued bytes and no send in flight.
+    dirty: Vec<usize>,
+    /// Connections whose recv ended for want of buffers; re-armed when buffers return.
+    starved: Vec<(usize, u32)>,
+    deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// This turn's published chunks with the slot that sent each.
+    batch: Vec<(Chunk, usize)>,
+    inbox_batches: Vec<Batch>,
+    completions: Vec<Completion>,
+    evict: Vec<usize>,
+    phase: Phase,
+    shutdown_deadline: Option<Instant>,
+    pub(crate) now: Instant,
+    pub(crate) stats: Stats,
+    unexpected_logged: u32,
+}
+
+impl<D: Driver> Worker<D> {
+    pub fn new(
+        id: usize,
+        cfg: Arc<Config>,
+        driver: D,
+        shared: Arc<Shared>,
+        inbox: Receiver<Batch>,
+        listener: OwnedFd,
+    ) -> Self {
+        Worker {
+            id,
+            cfg,
+            driver,
+            shared,
+            inbox,
+            listener: Some(listener),
+            accept_armed: false,
+            accept_retry_at: None,
+            conns: Slab::new(),
+            generations: Vec::new(),
+            subscribers: Vec::new(),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            starved: Vec::new(),
+            deadlines: BinaryHeap::new(),
+            batch: Vec::new(),
+            inbox_batches: Vec::new(),
+            completions: Vec::new(),
+            evict: Vec::new(),
+            phase: Phase::Running,
+            shutdown_deadline: None,
+            now: Instant::now(),
+            stats: Stats::default(),
+            unexpected_logged: 0,
+        }
+    }
+
+    fn listener_fd(&self) -> RawFd {
+        self.listener.as_ref().expect("listener open").as_raw_fd()
+    }
+
+    fn arm_accept(&mut self) {
+        debug_assert!(!self.accept_armed);
+        self.accept_armed = true;
+        self.driver.accept_multi(self.listener_fd(), ACCEPT_UD);
+    }
+
+    /// Runs until shutdown has closed every connection. Returns the worker's counters.
+    pub fn run(mut self) -> std::io::Result<Stats> {
+        self.arm_accept();
+        loop {
+            self.now = Instant::now();
+            self.take_completions();
+            self.now = Instant::now();
+            self.take_inbox();
+            self.advance_phase();
+            self.decode_ready(self.cfg.read_budget_bytes, false);
+            self.fan_out();
+            self.rearm_starved();
+            if self.phase == Phase::Running && !self.accept_armed {
+                if let Some(at) = self.accept_retry_at {
+                    if self.now >= at {
+                        self.accept_retry_at = None;
+                        self.arm_accept();
+                    }
+                }
+            }
+            self.expire_deadlines();
+            self.submit_sends();
+            if self.phase == Phase::Draining && self.conns.is_empty() && !self.accept_armed {
+                break;
+            }
+            let wait = self.wait_time();
+            self.driver.submit_and_wait(wait)?;
+        }
+        self.driver.submit()?;
+        self.stats.driver = self.driver.stats();
+        Ok(self.stats)
+    }
+
+    fn wait_time(&self) -> Duration {
+        if !self.ready.is_empty() && !self.shared.peers_backlogged(self.id) {
+            return Duration::ZERO;
+        }
+        let mut wait = if self.ready.is_empty() {
+            IDLE_WAIT
+        } else {
+            Duration::from_millis(1)
+        };
+        let mut due = |t: Instant| wait = wait.min(t.saturating_duration_since(self.now));
+        if let Some(Reverse((t, _, _))) = self.deadlines.peek() {
+            due(*t);
+        }
+        if let Some(t) = self.accept_retry_at {
+            due(t);
+        }
+        if let Some(t) = self.shutdown_deadline {
+            due(t);
+        }
+        if !self.starved.is_empty() {
+            due(self.now + Duration::from_millis(1));
+        }
+        wait
+    }
+
+    // ---- completions -------------------------------------------------------------------------
+
+    fn take_completions(&mut self) {
+        let mut completions = std::mem::take(&mut self.completions);
+        self.driver.completions(&mut completions);
+        for c in completions.drain(..) {
+            self.dispatch(c);
+        }
+        self.completions = completions;
+    }
+
+    fn dispatch(&mut self, c: Completion) {
+        let op = match c.user_data.op() {
+            Some(op) => op,
+            None => panic!(
+                "completion with a user_data this worker never submitted: {:?}",
+                c
+            ),
+        };
+        if c.user_data.slot() == LISTENER_SLOT {
+            return match op {
+                Op::Accept => self.on_accept(c),
+                Op::Cancel => {}
+                _ => unreachable!("listener completion for {op:?}"),
+            };
+        }
+        if op == Op::Doorbell {
+            return; // the inbox is drained every turn
+        }
+        let slot = c.user_data.slot() as usize;
+        let live = self
+            .conns
+            .get(slot)
+            .is_some_and(|conn| conn.generation == c.user_data.generation());
+        if !live {
+            // A completion for a connection already freed (its slot may be reused): never apply.
+            self.stats.stale_completions += 1;
+            if let Some(id) = c.buffer {
+                self.driver.recycle(id);
+            }
+            return;
+        }
+        match op {
+            Op::Recv => self.on_recv(slot, c),
+            Op::Send => self.conn_on_send(slot, c.result),
+            Op::Shutdown => self.conn_on_shutdown(slot, c.result),
+            Op::Close => self.conn_on_close(slot, c.result),
+            Op::Cancel => {
+                let conn = &mut self.conns[slot];
+                conn.cancels_in_flight -= 1;
+                self.conn_try_close(slot);
+            }
+            Op::Accept | Op::Doorbell => unreachable!(),
+        }
+    }
+
+    fn on_accept(&mut self, c: Completion) {
+        if !c.more {
+            self.accept_armed = false;
+        }
+        if c.result >= 0 {
+            // SAFETY: the kernel just gave us this fd; nothing else owns it.
+            let fd = c.result;
+            self.stats.accepted += 1;
+            if let Err(e) = net::set_nodelay(fd) {
+                self.log_unexpected_io("setsockopt(TCP_NODELAY)", &e);
+            }
+            let slot = self.conn_open(fd);
+            if self.phase >= Phase::Draining {
+                // Accepted while shutting down: greet it with a clean FIN.
+                self.conn_unsubscribe(slot, CloseReason::Shutdown);
+            }
+        } else {
+            match -c.result {
+                libc::ECANCELED => {}
+                libc::EMFILE | libc::ENFILE => {
+                    self.stats.accept_emfile += 1;
+                    if self.stats.accept_emfile.is_power_of_two() {
+                        tracing::warn!(worker = self.id, count = self.stats.accept_emfile,
+                            "accept failed: out of file descriptors (EMFILE/ENFILE); retrying in {:?}", ACCEPT_BACKOFF);
+                    }
+                }
+                errno => self.log_unexpected(Op::Accept, errno),
+            }
+        }
+        if !self.accept_armed && self.phase == Phase::Running {
+            if c.result < 0 {
+                self.accept_retry_at = Some(self.now + ACCEPT_BACKOFF);
+            } else {
+                // Ended without error (e.g. completion-queue overflow): re-arm at once.
+                self.arm_accept();
+            }
+        }
+        if !self.accept_armed && self.phase != Phase::Running {
+            // Final accept completion after the cancel: nothing refers to the listener any more.
+            self.listener = None;
+        }
+    }
+
+    fn on_recv(&mut self, slot: usize, c: Completion) {
+        let conn = &mut self.conns[slot];
+        if !c.more {
+            conn.recv_in_flight = false;
+        }
+        if let Some(id) = c.buffer {
+            let len = c.result.max(0) as u32;
+            self.stats.bytes_in += len as u64;
+            if conn.takes_input() && self.phase == Phase::Running {
+                conn.pending.push_back((id, len));
+                conn.pending_bytes += len as usize;
+                if !conn.in_ready {
+                    conn.in_ready = true;
+                    self.ready.push_back(slot);
+                }
+                // A publisher far ahead of its budget stops being read until it is caught up, so
+                // it cannot hold every provided buffer.
+                if conn.pending_bytes > 4 * self.cfg.read_budget_bytes
+                    && conn.recv_in_flight
+                    && !conn.recv_paused
+                {
+                    conn.recv_paused = true;
+                    conn.cancels_in_flight += 1;
+                    let target = conn.ud(slot, Op::Recv);
+                    let ud = conn.ud(slot, Op::Cancel);
+                    self.driver.cancel(target, ud);
+                    self.stats.recv_paused += 1;
+                }
+            } else {
+                // Not publishing (draining, evicted, shutting down): read and discard, so the
+                // peer's FIN is still seen and its data never piles up.
+                self.stats.bytes_discarded += len as u64;
+                self.driver.recycle(id);
+            }
+        }
+        if c.more {
+            return;
+        }
+        let conn = &mut self.conns[slot];
+        if conn.closing != Closing::No {
+            return self.conn_try_close(slot);
+        }
+        let end = match c.result {
+            0 if c.buffer.is_none() => Some(ReadEnd::Fin),
+            r if r >= 0 => None, // multishot ended with data (e.g. CQ overflow): re-arm below
+            r => match -r {
+                libc::ENOBUFS => {
+                    self.stats.recv_enobufs += 1;
+                    self.starved.push((slot, conn.generation));
+                    return;
+                }
+                libc::ECANCELED => None,
+                errno => Some(ReadEnd::Error(errno)),
+            },
+        };
+        match end {
+            Some(end) if !conn.pending.is_empty() => conn.read_end = Some(end),
+            Some(end) => self.conn_on_read_end(slot, end),
+            None => self.maybe_arm_recv(slot),
+        }
+    }
+
+    pub(crate) fn arm_recv(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        debug_assert!(!conn.recv_in_flight && conn.read == ReadHalf::Open);
+        conn.recv_in_flight = true;
+        conn.recv_paused = false;
+        let ud = conn.ud(slot, Op::Recv);
+        self.driver.recv_multi(conn.fd, ud);
+    }
+
+    /// Re-arms the recv if the read half is open and the connection is not over its input budget.
+    fn maybe_arm_recv(&mut self, slot: usize) {
+        let conn = &self.conns[slot];
+        if conn.read != ReadHalf::Open
+            || conn.closing != Closing::No
+            || conn.recv_in_flight
+            || conn.read_end.is_some()
+            || conn.pending_bytes > self.cfg.read_budget_bytes
+        {
+            return;
+        }
+        if self.driver.buffers_available() == 0 {
+            self.starved.push((slot, conn.generation));
+            return;
+        }
+        self.arm_recv(slot);
+    }
+
+    fn rearm_starved(&mut self) {
+        while !self.starved.is_empty() && self.driver.buffers_available() > 0 {
+            let (slot, generation) = self.starved.pop().expect("not empty");
+            if self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.maybe_arm_recv(slot);
+            }
+        }
+    }
+
+    // ---- input and fan-out -------------------------------------------------------------------
+
+    /// Decodes pending input, at most `read_budget_bytes` per connection per turn.
+    /// With `force`, other workers' backlog is ignored (shutdown publishes everything received).
+    fn decode_ready(&mut self, budget: usize, force: bool) {
+        if !force && self.shared.peers_backlogged(self.id) {
+            self.stats.backpressure_turns += 1;
+            return;
+        }
+        for _ in 0..self.ready.len() {
+            let Some(slot) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            conn.in_ready = false;
+            let mut taken = 0;
+            while taken < budget {
+                let Some((id, len)) = conn.pending.pop_front() else {
+                    break;
+                };
+                conn.pending_bytes -= len as usize;
+                taken += len as usize;
+                let decoded = conn.decoder.decode(self.driver.buffer(id, len as usize));
+                self.driver.recycle(id);
+                if let Some(chunk) = decoded.chunk {
+                    self.stats.messages_in += chunk.count as u64;
+                    self.batch.push((chunk, slot));
+                }
+                if let Some(err) = decoded.error {
+                    self.stats.protocol_errors += 1;
+                    conn.queue_bytes += err.error_line().len();
+                    conn.queue.push_back(err.error_line());
+                    self.conn_evict(slot, CloseReason::ProtocolError);
+                    break;
+                }
+            }
+            let conn = &mut self.conns[slot];
+            if !conn.pending.is_empty() {
+                conn.in_ready = true;
+                self.ready.push_back(slot);
+            } else if let Some(end) = conn.read_end.take() {
+                self.conn_on_read_end(slot, end);
+            } else {
+                self.maybe_arm_recv(slot);
+            }
+        }
+    }
+
+    /// Delivers this turn's chunks to local subscribers and ships them to the other workers.
+    fn fan_out(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let echo = self.cfg.echo;
+        for i in 0..self.subscribers.len() {
+            let slot = self.subscribers[i];
+            for (chunk, from) in &batch {
+                if !echo && *from == slot {
+                    continue;
+                }
+                if !self.deliver(slot, chunk) {
+                    break;
+                }
+            }
+        }
+        if self.shared.workers > 1 {
+            let bytes = batch.iter().map(|(c, _)| c.bytes.len()).sum();
+            let shipped: Batch = Arc::new(batch.iter().map(|(c, _)| c.clone()).collect());
+            self.shared.publish(self.id, &shipped, bytes);
+        }
+        self.apply_evictions();
+        self.batch = batch;
+        self.batch.clear();
+    }
+
+    /// Queues `chunk` for `slot`. False if that put the subscriber over its limit (it is then
+    /// marked for eviction and gets nothing more).
+    fn deliver(&mut self, slot: usize, chunk: &Chunk) -> bool {
+        let conn = &mut self.conns[slot];
+        if conn.queue_bytes + chunk.bytes.len() > self.cfg.send_queue_bytes_max {
+            self.evict.push(slot);
+            return false;
+        }
+        conn.queue_bytes += chunk.bytes.len();
+        conn.queue.push_back(chunk.bytes.clone());
+        self.stats.messages_out += chunk.count as u64;
+        if !conn.send_in_flight && !conn.in_dirty {
+            conn.in_dirty = true;
+            self.dirty.push(slot);
+        }
+        true
+    }
+
+    fn apply_evictions(&mut self) {
+        let mut evict = std::mem::take(&mut self.evict);
+        for slot in evict.drain(..) {
+            if self.conns[slot].write == WriteHalf::Subscribed {
+                self.stats.evicted_slow += 1;
+                if self.stats.evicted_slow.is_power_of_two() {
+                    tracing::warn!(worker = self.id, total = self.stats.evicted_slow,
+                        "evicting a slow subscriber: send queue over RINGFAN_SEND_QUEUE_BYTES_MAX ({} bytes)",
+                        self.cfg.send_queue_bytes_max);
+                }
+                self.conn_evict(slot, CloseReason::EvictedSlow);
+            }
+        }
+        self.evict = evict;
+    }
+
+    fn take_inbox(&mut self) {
+        let mut batches = std::mem::take(&mut self.inbox_batches);
+        self.shared.drain(self.id, &self.inbox, &mut batches);
+        for batch in batches.drain(..) {
+            for i in 0..self.subscribers.len() {
+                let slot = self.subscribers[i];
+                for chunk in batch.iter() {
+                    if !self.deliver(slot, chunk) {
+                        break;
+                    }
+                }
+            }
+            // Before the next batch: an evicted subscriber must not get later messages after
+            // missing one.
+            self.apply_evictions();
+        }
+        self.inbox_batches = batches;
+    }
+
+    fn submit_sends(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for slot in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                continue;
+            };
+            conn.in_dirty = false;
+            if conn.send_in_flight || conn.queue_bytes == 0 || conn.closing != Closing::No {
+                continue;
+            }
+            if !matches!(conn.write, WriteHalf::Subscribed | WriteHalf::Draining) {
+                continue;
+            }
+            let (msg, bytes) = conn.prepare_send();
+            conn.send_in_flight = true;
+            conn.send_bytes = bytes;
+            let ud = conn.ud(slot, Op::Send);
+            // SAFETY: `msg` lives in the connection's boxed SendState and points at iovecs in it,
+            // which point into `Bytes` held by the queue; none of them is touched until this
+            // send's completion (prepare_send is only called with no send in flight, and the
+            // queue is only popped by `advance` after the completion, never dropped before the
+            // connection's close completes).
+            unsafe { self.driver.send_msg(conn.fd, msg, ud) };
+        }
+        self.dirty = dirty;
+    }
+
+    pub(crate) fn mark_dirty(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if !conn.in_dirty {
+            conn.in_dirty = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    pub(crate) fn remove_subscriber(&mut self, slot: usize) {
+        let index = self.conns[slot].sub_index;
+        assert_eq!(self.subscribers[index], slot);
+        self.subscribers.swap_remove(index);
+        if let Some(&moved) = self.subscribers.get(index) {
+            self.conns[moved].sub_index = index;
+        }
+        self.conns[slot].sub_index = usize::MAX;
+    }
+
+    /// Gives back provided buffers of input that will never be decoded. Returns how the read
+    /// half ended, if that was waiting behind the discarded data.
+    pub(crate) fn discard_pending(&mut self, slot: usize) -> Option<ReadEnd> {
+        let conn = &mut self.conns[slot];
+        for (id, len) in conn.pending.drain(..) {
+            self.stats.bytes_discarded += len as u64;
+            self.driver.recycle(id);
+        }
+        conn.pending_bytes = 0;
+        conn.read_end.take()
+    }
+
+    // ---- deadlines and shutdown --------------------------------------------------------------
+
+    pub(crate) fn set_deadline(&mut self, slot: usize, at: Instant) {
+        let conn = &mut self.conns[slot];
+        conn.deadline = Some(at);
+        self.deadlines.push(Reverse((at, slot, conn.generation)));
+    }
+
+    fn expire_deadlines(&mut self) {
+        while let Some(&Reverse((at, slot, generation))) = self.deadlines.peek() {
+            if at > self.now {
+                break;
+            }
+            self.deadlines.pop();
+            let current = self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.generation == generation && c.deadline == Some(at));
+            if current {
+                self.conn_on_deadline(slot);
+            }
+        }
+        if let Some(at) = self.shutdown_deadline {
+            if self.now >= at {
+                self.shutdown_deadline = None;
+                let open: Vec<usize> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.closing == Closing::No)
+                    .map(|(slot, _)| slot)
+                    .collect();
+                if !open.is_empty() {
+                    tracing::warn!(worker = self.id, connections = open.len(),
+                        "RINGFAN_SHUTDOWN_TIMEOUT_MS passed: closing the remaining connections abortively");
+                }
+                self.stats.shutdown_aborted += open.len() as u64;
+                for slot in open {
+                    self.conn_abort(slot, CloseReason::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Shutdown in three steps, so nothing a client sent before the signal is lost: (1) stop
+    /// accepting and publish every line already received; (2) wait until every worker has done
+    /// the same, take their last batches; (3) drop every subscription and close.
+    fn advance_phase(&mut self) {
+        match self.phase {
+            Phase::Running if self.shared.shutdown.load(Ordering::Acquire) => {
+                if self.accept_armed {
+                    self.driver.cancel(ACCEPT_UD, ACCEPT_CANCEL_UD);
+                } else {
+                    self.listener = None;
+                }
+                self.accept_retry_at = None;
+                // Publish everything already received, ignoring the per-turn budget.
+                while !self.ready.is_empty() {
+                    self.decode_ready(usize::MAX, true);
+                }
+                self.fan_out();
+                self.phase = Phase::WaitingPeers;
+                let done = self.shared.quiesced.fetch_add(1, Ordering::AcqRel) + 1;
+                if done == self.shared.workers {
+                    self.shared.wake_all();
+                }
+                self.advance_phase();
+            }
+            Phase::WaitingPeers
+                if self.shared.quiesced.load(Ordering::Acquire) == self.shared.workers =>
+            {
+                // Every worker's final batch is in our inbox now.
+                self.take_inbox();
+                self.phase = Phase::Draining;
+                self.shutdown_deadline = Some(self.now + self.cfg.shutdown_timeout);
+                let subscribed: Vec<usize> = self.subscribers.clone();
+                tracing::info!(
+                    worker = self.id,
+                    connections = self.conns.len(),
+                    "shutting down: flushing and closing every connection"
+                );
+                for slot in subscribed {
+                    self.conn_unsubscribe(slot, CloseReason::Shutdown);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---- errors ------------------------------------------------------------------------------
+
+    /// An errno with no line in the operation's table: logged (a few times), always counted.
+    pub(crate) fn log_unexpected(&mut self, op: Op, errno: i32) {
+        self.stats.unexpected_errors += 1;
+        if self.unexpected_logged < 16 {
+            self.unexpected_logged += 1;
+            tracing::warn!(worker = self.id, op = op.name(), errno, error = %std::io::Error::from_raw_os_error(errno),
+                "unexpected error from an operation");
+        }
+    }
+
+    fn log_unexpected_io(&mut self, what: &str, e: &std::io::Error) {
+        self.stats.unexpected_errors += 1;
+        if self.unexpected_logged < 16 {
+            self.unexpected_logged += 1;
+            tracing::warn!(worker = self.id, %e, "unexpected error from {what}");
+        }
+    }
+}
