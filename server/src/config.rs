@@ -222,6 +222,16 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Input decoded per loop turn across all connections of a worker, and the backlog allowed
+    /// in a worker's inbox. A quarter of the queue limit each, so a subscriber that drains its
+    /// queue every turn stays under `send_queue_bytes_max` (local input + inbox + one batch)
+    /// however fast publishers send: only a subscriber that really falls behind is evicted.
+    pub fn turn_input_bytes_max(&self) -> usize {
+        (self.send_queue_bytes_max / 4).max(1)
+    }
+}
+
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

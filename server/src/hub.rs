@@ -15,10 +15,6 @@ use ring::Doorbell;
 /// The chunks one worker's publishers completed in one loop turn, in order.
 pub type Batch = Arc<Vec<Chunk>>;
 
-/// Bytes waiting in one worker's inbox before publishers on other workers stop reading input
-/// (backpressure through TCP) until it drains.
-pub const INBOX_BYTES_MAX: usize = 64 << 20;
-
 /// A worker's mailbox as seen by the others.
 pub struct Mailbox {
     tx: Sender<Batch>,
@@ -32,6 +28,9 @@ pub struct Mailbox {
 /// State all workers share.
 pub struct Shared {
     pub workers: usize,
+    /// Bytes waiting in one worker's inbox before publishers on the other workers stop being
+    /// decoded (TCP pushes back on them) until it drains.
+    pub inbox_bytes_max: usize,
     pub shutdown: AtomicBool,
     /// Workers that have published their last input during shutdown.
     pub quiesced: AtomicUsize,
@@ -39,9 +38,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(workers: usize) -> Self {
+    pub fn new(workers: usize, inbox_bytes_max: usize) -> Self {
         Shared {
             workers,
+            inbox_bytes_max,
             shutdown: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
             mailboxes: OnceLock::new(),
@@ -101,12 +101,12 @@ impl Shared {
         }
     }
 
-    /// True when some other worker has more than [`INBOX_BYTES_MAX`] waiting.
+    /// True when some other worker has more than `inbox_bytes_max` waiting.
     pub fn peers_backlogged(&self, me: usize) -> bool {
         self.mailboxes()
             .iter()
             .enumerate()
-            .any(|(i, m)| i != me && m.bytes.load(Ordering::Relaxed) > INBOX_BYTES_MAX)
+            .any(|(i, m)| i != me && m.bytes.load(Ordering::Relaxed) > self.inbox_bytes_max)
     }
 
     /// Wakes every worker (shutdown, or the last worker to quiesce).

@@ -100,7 +100,7 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
         net::reuseport_listeners(cfg.listen, cfg.threads, cfg.listen_backlog)
             .map_err(|e| format!("cannot listen on {} (RINGFAN_LISTEN): {e}", cfg.listen))?;
     let cfg = Arc::new(cfg);
-    let shared = Arc::new(Shared::new(cfg.threads));
+    let shared = Arc::new(Shared::new(cfg.threads, cfg.turn_input_bytes_max()));
     let cores = if cfg.pin {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {

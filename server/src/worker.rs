@@ -390,7 +390,15 @@ impl<D: Driver> Worker<D> {
             self.stats.backpressure_turns += 1;
             return;
         }
+        let mut turn_left = if force {
+            usize::MAX
+        } else {
+            self.cfg.turn_input_bytes_max()
+        };
         for _ in 0..self.ready.len() {
+            if turn_left == 0 {
+                break; // the rest keep their place in the queue for the next turn
+            }
             let Some(slot) = self.ready.pop_front() else {
                 break;
             };
@@ -399,12 +407,13 @@ impl<D: Driver> Worker<D> {
             };
             conn.in_ready = false;
             let mut taken = 0;
-            while taken < budget {
+            while taken < budget && turn_left > 0 {
                 let Some((id, len)) = conn.pending.pop_front() else {
                     break;
                 };
                 conn.pending_bytes -= len as usize;
                 taken += len as usize;
+                turn_left = turn_left.saturating_sub(len as usize);
                 let decoded = conn.decoder.decode(self.driver.buffer(id, len as usize));
                 self.driver.recycle(id);
                 if let Some(chunk) = decoded.chunk {
