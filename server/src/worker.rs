@@ -33,6 +33,11 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Back-off before re-arming accept after EMFILE/ENFILE or an unexpected error (no busy loop).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+enum AfterFanOut {
+    ReadEnd(ReadEnd),
+    ProtocolError(protocol::FrameTooLong),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
     Running,
@@ -66,6 +71,8 @@ pub struct Worker<D: Driver> {
     /// This turn's published chunks with the slot that sent each.
     batch: Vec<(Chunk, usize)>,
     inbox_batches: Vec<Batch>,
+    /// Read ends and protocol errors met while decoding, applied after this turn's fan-out.
+    after_fan_out: Vec<(usize, AfterFanOut)>,
     completions: Vec<Completion>,
     evict: Vec<usize>,
     phase: Phase,
@@ -102,6 +109,7 @@ impl<D: Driver> Worker<D> {
             deadlines: BinaryHeap::new(),
             batch: Vec::new(),
             inbox_batches: Vec::new(),
+            after_fan_out: Vec::new(),
             completions: Vec::new(),
             evict: Vec::new(),
             phase: Phase::Running,
@@ -422,9 +430,8 @@ impl<D: Driver> Worker<D> {
                 }
                 if let Some(err) = decoded.error {
                     self.stats.protocol_errors += 1;
-                    conn.queue_bytes += err.error_line().len();
-                    conn.queue.push_back(err.error_line());
-                    self.conn_evict(slot, CloseReason::ProtocolError);
+                    self.after_fan_out
+                        .push((slot, AfterFanOut::ProtocolError(err)));
                     break;
                 }
             }
@@ -433,7 +440,7 @@ impl<D: Driver> Worker<D> {
                 conn.in_ready = true;
                 self.ready.push_back(slot);
             } else if let Some(end) = conn.read_end.take() {
-                self.conn_on_read_end(slot, end);
+                self.after_fan_out.push((slot, AfterFanOut::ReadEnd(end)));
             } else {
                 self.maybe_arm_recv(slot);
             }
@@ -442,9 +449,29 @@ impl<D: Driver> Worker<D> {
 
     /// Delivers this turn's chunks to local subscribers and ships them to the other workers.
     fn fan_out(&mut self) {
-        if self.batch.is_empty() {
-            return;
+        if !self.batch.is_empty() {
+            self.fan_out_batch();
         }
+        // A connection's FIN or protocol error takes effect only now, after the lines it sent
+        // before it were delivered, to itself included.
+        let mut after = std::mem::take(&mut self.after_fan_out);
+        for (slot, action) in after.drain(..) {
+            match action {
+                AfterFanOut::ReadEnd(end) => self.conn_on_read_end(slot, end),
+                AfterFanOut::ProtocolError(err) => {
+                    let conn = &mut self.conns[slot];
+                    if conn.write == WriteHalf::Subscribed {
+                        conn.queue_bytes += err.error_line().len();
+                        conn.queue.push_back(err.error_line());
+                        self.conn_evict(slot, CloseReason::ProtocolError);
+                    }
+                }
+            }
+        }
+        self.after_fan_out = after;
+    }
+
+    fn fan_out_batch(&mut self) {
         let batch = std::mem::take(&mut self.batch);
         let echo = self.cfg.echo;
         for i in 0..self.subscribers.len() {

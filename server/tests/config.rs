@@ -1,0 +1,165 @@
+//! Configuration from the environment: bad values exit 2 naming the variable and value; `--help`;
+//! unknown RINGFAN_* variables only warn.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const VARS: [&str; 9] = [
+    "RINGFAN_LISTEN",
+    "RINGFAN_THREADS",
+    "RINGFAN_PIN",
+    "RINGFAN_ECHO",
+    "RINGFAN_MAX_FRAME_BYTES",
+    "RINGFAN_SEND_QUEUE_BYTES_MAX",
+    "RINGFAN_CLOSE_TIMEOUT_MS",
+    "RINGFAN_SHUTDOWN_TIMEOUT_MS",
+    "RINGFAN_LOG",
+];
+
+/// Runs the server with `var=value` and expects exit status 2 with both in a stderr message.
+fn assert_rejected(var: &str, value: &str) {
+    let out = run_ringfan(&[], &[(var, value)], Duration::from_secs(5));
+    let status = out.status.unwrap_or_else(|| {
+        panic!(
+            "{var}={value:?}: the server did not exit within 5 s (it accepted the value?)\n\
+             stdout: {}\nstderr: {}",
+            out.stdout, out.stderr
+        )
+    });
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "{var}={value:?}: exit status {status:?}, stderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains(var) && l.contains(value)),
+        "{var}={value:?}: no stderr line names both the variable and the value; stderr:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stdout.contains("listening"),
+        "{var}={value:?}: printed a listening line: {}",
+        out.stdout
+    );
+}
+
+macro_rules! rejected {
+    ($name:ident, $var:expr, $value:expr) => {
+        #[test]
+        fn $name() {
+            if !require_io_uring() {
+                return;
+            }
+            assert_rejected($var, $value);
+        }
+    };
+}
+
+rejected!(threads_not_a_number_exits_2, "RINGFAN_THREADS", "abc");
+rejected!(threads_zero_exits_2, "RINGFAN_THREADS", "0");
+rejected!(echo_maybe_exits_2, "RINGFAN_ECHO", "maybe");
+rejected!(listen_nonsense_exits_2, "RINGFAN_LISTEN", "nonsense");
+rejected!(
+    close_timeout_negative_exits_2,
+    "RINGFAN_CLOSE_TIMEOUT_MS",
+    "-5"
+);
+rejected!(
+    shutdown_timeout_not_a_number_exits_2,
+    "RINGFAN_SHUTDOWN_TIMEOUT_MS",
+    "soon"
+);
+rejected!(
+    max_frame_bytes_not_a_number_exits_2,
+    "RINGFAN_MAX_FRAME_BYTES",
+    "big"
+);
+rejected!(
+    send_queue_bytes_max_not_a_number_exits_2,
+    "RINGFAN_SEND_QUEUE_BYTES_MAX",
+    "lots"
+);
+
+#[test]
+fn help_lists_every_variable_with_defaults() {
+    if !require_io_uring() {
+        return;
+    }
+    let out = run_ringfan(&["--help"], &[], Duration::from_secs(5));
+    let status = out.status.expect("--help did not exit within 5 s");
+    assert!(
+        status.success(),
+        "--help exit status {status:?}; stderr: {}",
+        out.stderr
+    );
+    let missing: Vec<_> = VARS.iter().filter(|v| !out.stdout.contains(*v)).collect();
+    assert!(
+        missing.is_empty(),
+        "--help stdout does not mention {missing:?}:\n{}",
+        out.stdout
+    );
+    for default in ["65536", "4194304", "5000", "10000"] {
+        assert!(
+            out.stdout.contains(default),
+            "--help stdout lacks the default {default}:\n{}",
+            out.stdout
+        );
+    }
+    assert!(
+        !out.stdout.contains("listening"),
+        "--help started a server: {}",
+        out.stdout
+    );
+}
+
+#[test]
+fn unknown_ringfan_variable_warns_and_server_starts() {
+    if !require_io_uring() {
+        return;
+    }
+    let server = Server::start(&[("RINGFAN_FOO", "1")]);
+    assert!(
+        wait_until(secs(3), || server.stderr_contains("RINGFAN_FOO")),
+        "no stderr line mentions RINGFAN_FOO; stderr:\n{}",
+        server.stderr_text()
+    );
+    // And it works.
+    let mut clients = connect_n(server.addr(), 2);
+    sync_clients(&mut clients, 0);
+    clients[1].send(b"hi\n");
+    for c in clients.iter_mut() {
+        assert_eq!(c.expect_line(secs(5), "hi"), b"hi\n");
+    }
+    close_all_gracefully(clients, "unknown var");
+    server.assert_clean(0, Duration::from_secs(3), "after all clients closed");
+}
+
+#[test]
+fn listening_line_is_the_only_stdout_output_and_threads_1_works() {
+    if !require_io_uring() {
+        return;
+    }
+    let mut server = Server::start(&[("RINGFAN_THREADS", "1")]);
+    let mut clients = connect_n(server.addr(), 2);
+    sync_clients(&mut clients, 1);
+    close_all_gracefully(clients, "threads=1");
+    server.assert_clean(0, Duration::from_secs(3), "after all clients closed");
+    server.sigterm();
+    let st = server
+        .wait_exit(Duration::from_secs(5))
+        .expect("no exit 5 s after SIGTERM");
+    assert!(st.success(), "exit status {st:?}");
+    assert_eq!(
+        server.stdout_lines(),
+        vec![format!(
+            "ringfan listening on 127.0.0.1:{}\n",
+            server.port()
+        )],
+        "stdout must hold exactly the listening line"
+    );
+}

@@ -1,0 +1,204 @@
+//! Fan-out: every complete line reaches every connection byte-exact, per-publisher order kept.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A line containing every byte value except `\n` (CR, NUL, 0xFF, invalid UTF-8...).
+fn odd_line(from: usize) -> Vec<u8> {
+    let mut v = format!("from client {from}: ").into_bytes();
+    v.extend((0u8..=255).filter(|&b| b != b'\n'));
+    v.extend_from_slice(b" crlf\r\n");
+    v
+}
+
+const CLIENTS: usize = 16;
+const PER_PUBLISHER: u64 = 10_000;
+
+fn numbered(id: usize, seq: u64) -> Vec<u8> {
+    format!("p{id} {seq}\n").into_bytes()
+}
+
+#[test]
+fn sixteen_clients_two_workers_byte_exact_and_ordered() {
+    if !require_io_uring() {
+        return;
+    }
+    let _g = serial();
+    raise_nofile();
+    let server = Server::start(&[("RINGFAN_THREADS", "2")]);
+    let mut clients = connect_n(server.addr(), CLIENTS);
+    sync_clients(&mut clients, 0);
+
+    // Part 1: one odd line from each of 3 clients reaches all 16 (including the senders).
+    let senders = [0usize, 5, 11];
+    for &s in &senders {
+        clients[s].send(&odd_line(s));
+    }
+    let mut expected: Vec<Vec<u8>> = senders.iter().map(|&s| odd_line(s)).collect();
+    expected.sort();
+    let deadline = secs(10);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = c.read_lines(senders.len(), deadline);
+        got.sort();
+        for (g, e) in got.iter().zip(&expected) {
+            assert_bytes_eq(g, e, &format!("client {i}, part 1 lines"));
+        }
+    }
+
+    // Part 2: two publishers, 10,000 numbered lines each, concurrently; all 16 read concurrently.
+    let publishers = [3usize, 9];
+    let writers: Vec<_> = publishers
+        .iter()
+        .map(|&p| (p, clients[p].writer()))
+        .collect();
+    let mut end_writer = clients[0].writer();
+    let (done_tx, done_rx) = mpsc::channel::<usize>();
+    let deadline = secs(20);
+    let mut readers = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let done_tx = done_tx.clone();
+        readers.push(thread::spawn(move || -> Result<Client, String> {
+            let mut next: HashMap<usize, u64> = publishers.iter().map(|&p| (p, 0)).collect();
+            let mut total = 0u64;
+            while total < 2 * PER_PUBLISHER {
+                let line = c
+                    .read_line(deadline)
+                    .map_err(|e| format!("client {i}: after {total} lines: {e} ({next:?})"))?
+                    .ok_or_else(|| format!("client {i}: EOF after {total} lines ({next:?})"))?;
+                let text = String::from_utf8_lossy(&line);
+                let parsed = text
+                    .strip_prefix('p')
+                    .and_then(|t| t.strip_suffix('\n'))
+                    .and_then(|t| t.split_once(' '))
+                    .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<u64>().ok()?)));
+                let Some((id, seq)) = parsed else {
+                    return Err(format!("client {i}: unexpected line {}", show(&line)));
+                };
+                let Some(n) = next.get_mut(&id) else {
+                    return Err(format!(
+                        "client {i}: line from unknown publisher {}",
+                        show(&line)
+                    ));
+                };
+                if seq != *n || line != numbered(id, seq) {
+                    return Err(format!(
+                        "client {i}: publisher {id} out of order: expected seq {n}, got {}",
+                        show(&line)
+                    ));
+                }
+                *n += 1;
+                total += 1;
+            }
+            let _ = done_tx.send(i);
+            // Nothing else may arrive: the next line must be the end marker.
+            let line = c
+                .read_line(deadline)
+                .map_err(|e| format!("client {i}: waiting for the end marker: {e}"))?
+                .ok_or_else(|| format!("client {i}: EOF instead of the end marker"))?;
+            if line != b"end\n" {
+                return Err(format!(
+                    "client {i}: extra line {} before the end marker",
+                    show(&line)
+                ));
+            }
+            Ok(c)
+        }));
+    }
+    drop(done_tx);
+
+    // Publisher 3 writes line by line; publisher 9 writes 4093-byte pieces so lines straddle
+    // segments and reads.
+    let pub_threads: Vec<_> = writers
+        .into_iter()
+        .enumerate()
+        .map(|(k, (p, mut w))| {
+            thread::spawn(move || -> std::io::Result<()> {
+                if k == 0 {
+                    for seq in 0..PER_PUBLISHER {
+                        w.write_all(&numbered(p, seq))?;
+                    }
+                } else {
+                    let all: Vec<u8> = (0..PER_PUBLISHER)
+                        .flat_map(|seq| numbered(p, seq))
+                        .collect();
+                    for piece in all.chunks(4093) {
+                        w.write_all(piece)?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for (k, t) in pub_threads.into_iter().enumerate() {
+        t.join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("publisher {} write failed: {e}", publishers[k]));
+    }
+
+    // Wait for every reader to have all 20,000 lines (or fail), then send the end marker.
+    let mut done = 0;
+    while done < CLIENTS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match done_rx.recv_timeout(left) {
+            Ok(_) => done += 1,
+            // A reader ended with an error (its sender dropped) or the deadline passed: report it.
+            Err(_) => break,
+        }
+    }
+    if done == CLIENTS {
+        end_writer.write_all(b"end\n").unwrap();
+    }
+    let mut errors = Vec::new();
+    let mut clients = Vec::new();
+    for r in readers {
+        match r.join().unwrap() {
+            Ok(c) => clients.push(c),
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of {CLIENTS} subscribers failed:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+    drop(end_writer);
+
+    close_all_gracefully(clients, "fan-out");
+    server.assert_clean(0, Duration::from_secs(5), "after all clients closed");
+}
+
+#[test]
+fn echo_disabled_sender_does_not_receive_its_own_lines() {
+    if !require_io_uring() {
+        return;
+    }
+    let _g = serial();
+    let server = Server::start(&[("RINGFAN_ECHO", "0")]);
+    let mut clients = connect_n(server.addr(), 2);
+    // Client 0 sends the sync lines; with echo off it must not get them back.
+    sync_clients_opts(&mut clients, 0, false);
+    let deadline = secs(10);
+    clients[0].send(b"from-a\n");
+    assert_eq!(
+        clients[1].expect_line(deadline, "b waiting for a's line"),
+        b"from-a\n"
+    );
+    clients[1].send(b"from-b\n");
+    // a's first line must be b's: not its own sync lines, not "from-a".
+    let first = clients[0].expect_line(deadline, "a waiting for b's line");
+    assert_eq!(
+        first,
+        b"from-b\n",
+        "with RINGFAN_ECHO=0 the sender received {}",
+        show(&first)
+    );
+    close_all_gracefully(clients, "echo=0");
+    server.assert_clean(0, Duration::from_secs(5), "after all clients closed");
+}
