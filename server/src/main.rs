@@ -5,6 +5,8 @@ mod conn;
 mod hub;
 mod net;
 mod stats;
+#[cfg(test)]
+mod transitions;
 mod worker;
 
 use std::io::{IsTerminal, Write};

@@ -132,35 +132,40 @@ impl<D: Driver> Worker<D> {
 
     /// Runs until shutdown has closed every connection. Returns the worker's counters.
     pub fn run(mut self) -> std::io::Result<Stats> {
-        self.arm_accept();
-        loop {
-            self.now = Instant::now();
-            self.take_completions();
-            self.now = Instant::now();
-            self.take_inbox();
-            self.advance_phase();
-            self.decode_ready(self.cfg.read_budget_bytes, false);
-            self.fan_out();
-            self.rearm_starved();
-            if self.phase == Phase::Running && !self.accept_armed {
-                if let Some(at) = self.accept_retry_at {
-                    if self.now >= at {
-                        self.accept_retry_at = None;
-                        self.arm_accept();
-                    }
-                }
-            }
-            self.expire_deadlines();
-            self.submit_sends();
-            if self.phase == Phase::Draining && self.conns.is_empty() && !self.accept_armed {
-                break;
-            }
+        self.start();
+        while !self.turn(Instant::now()) {
             let wait = self.wait_time();
             self.driver.submit_and_wait(wait)?;
         }
         self.driver.submit()?;
         self.stats.driver = self.driver.stats();
         Ok(self.stats)
+    }
+
+    pub(crate) fn start(&mut self) {
+        self.arm_accept();
+    }
+
+    /// One loop turn at time `now`. True once shutdown has closed everything.
+    pub(crate) fn turn(&mut self, now: Instant) -> bool {
+        self.now = now;
+        self.take_completions();
+        self.take_inbox();
+        self.advance_phase();
+        self.decode_ready(self.cfg.read_budget_bytes, false);
+        self.fan_out();
+        self.rearm_starved();
+        if self.phase == Phase::Running && !self.accept_armed {
+            if let Some(at) = self.accept_retry_at {
+                if self.now >= at {
+                    self.accept_retry_at = None;
+                    self.arm_accept();
+                }
+            }
+        }
+        self.expire_deadlines();
+        self.submit_sends();
+        self.phase == Phase::Draining && self.conns.is_empty() && !self.accept_armed
     }
 
     fn wait_time(&self) -> Duration {

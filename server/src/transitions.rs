@@ -1,0 +1,401 @@
+//! The close state machine driven step by step through a scripted driver: every submission is
+//! recorded, every completion is injected by the test.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ring::{Completion, Doorbell, Driver, DriverStats, Op, UserData};
+
+use crate::config::Config;
+use crate::conn::{CloseReason, ReadHalf, WriteHalf};
+use crate::hub::Shared;
+use crate::worker::Worker;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Sub {
+    Accept,
+    Recv(RawFd, UserData),
+    Send(RawFd, UserData, Vec<u8>),
+    Shutdown(RawFd, UserData),
+    Close(RawFd, UserData),
+    CancelFd(RawFd, UserData),
+    Cancel(UserData, UserData),
+}
+
+struct Script {
+    subs: Vec<Sub>,
+    ready: VecDeque<Completion>,
+    buffers: HashMap<u16, Vec<u8>>,
+    next_buffer: u16,
+    doorbell: Doorbell,
+}
+
+impl Script {
+    fn new() -> Self {
+        Script {
+            subs: Vec::new(),
+            ready: VecDeque::new(),
+            buffers: HashMap::new(),
+            next_buffer: 0,
+            doorbell: Doorbell::new().unwrap(),
+        }
+    }
+}
+
+impl Driver for Script {
+    fn accept_multi(&mut self, _listener: RawFd, _ud: UserData) {
+        self.subs.push(Sub::Accept);
+    }
+    fn recv_multi(&mut self, fd: RawFd, ud: UserData) {
+        self.subs.push(Sub::Recv(fd, ud));
+    }
+    unsafe fn send_msg(&mut self, fd: RawFd, msg: *const libc::msghdr, ud: UserData) {
+        let mut data = Vec::new();
+        // SAFETY: the caller keeps msg and its iovecs valid until the completion; we copy now.
+        unsafe {
+            let m = &*msg;
+            for i in 0..m.msg_iovlen {
+                let v = &*m.msg_iov.add(i);
+                data.extend_from_slice(std::slice::from_raw_parts(
+                    v.iov_base as *const u8,
+                    v.iov_len,
+                ));
+            }
+        }
+        self.subs.push(Sub::Send(fd, ud, data));
+    }
+    fn shutdown_write(&mut self, fd: RawFd, ud: UserData) {
+        self.subs.push(Sub::Shutdown(fd, ud));
+    }
+    fn close(&mut self, fd: RawFd, ud: UserData) {
+        self.subs.push(Sub::Close(fd, ud));
+    }
+    fn cancel_fd(&mut self, fd: RawFd, ud: UserData) {
+        self.subs.push(Sub::CancelFd(fd, ud));
+    }
+    fn cancel(&mut self, target: UserData, ud: UserData) {
+        self.subs.push(Sub::Cancel(target, ud));
+    }
+    fn submit_and_wait(&mut self, _timeout: Duration) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn submit(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn completions(&mut self, out: &mut Vec<Completion>) {
+        out.extend(self.ready.drain(..));
+    }
+    fn buffer(&self, id: u16, len: usize) -> &[u8] {
+        &self.buffers[&id][..len]
+    }
+    fn recycle(&mut self, id: u16) {
+        self.buffers
+            .remove(&id)
+            .expect("recycled a buffer that was not handed out");
+    }
+    fn buffers_available(&self) -> usize {
+        64 - self.buffers.len()
+    }
+    fn doorbell(&self) -> Doorbell {
+        self.doorbell.clone()
+    }
+    fn stats(&self) -> DriverStats {
+        DriverStats::default()
+    }
+}
+
+/// Fake fds far above any fd limit, so the few real syscalls made on them (SO_LINGER) fail with
+/// EBADF instead of touching one of the test process's files.
+const FD: RawFd = 900_000;
+
+struct Harness {
+    w: Worker<Script>,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(vars: &[(&str, &str)]) -> Self {
+        let env: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cfg = Arc::new(Config::from_vars(&env).unwrap());
+        let shared = Arc::new(Shared::new(1, cfg.turn_input_bytes_max()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let script = Script::new();
+        shared.set_mailboxes(vec![(tx, script.doorbell())]);
+        let listener: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let mut w = Worker::new(0, cfg, script, shared, rx, listener);
+        w.start();
+        let mut h = Harness {
+            w,
+            now: Instant::now(),
+        };
+        h.turn();
+        assert_eq!(h.take(), vec![Sub::Accept]);
+        h
+    }
+    fn turn(&mut self) {
+        self.w.turn(self.now);
+    }
+    fn take(&mut self) -> Vec<Sub> {
+        std::mem::take(&mut self.w.driver.subs)
+    }
+    fn complete(&mut self, user_data: UserData, result: i32, more: bool) {
+        self.w.driver.ready.push_back(Completion {
+            user_data,
+            result,
+            more,
+            buffer: None,
+        });
+    }
+    fn data(&mut self, user_data: UserData, bytes: &[u8]) {
+        let id = self.w.driver.next_buffer;
+        self.w.driver.next_buffer += 1;
+        self.w.driver.buffers.insert(id, bytes.to_vec());
+        self.w.driver.ready.push_back(Completion {
+            user_data,
+            result: bytes.len() as i32,
+            more: true,
+            buffer: Some(id),
+        });
+    }
+    /// Accepts `fd`; returns the recv's user_data.
+    fn accept(&mut self, fd: RawFd) -> UserData {
+        self.complete(UserData::new(u32::MAX - 1, 0, Op::Accept), fd, true);
+        self.turn();
+        match self.take().as_slice() {
+            [Sub::Recv(f, ud)] if *f == fd => *ud,
+            other => panic!("expected one recv on accept, got {other:?}"),
+        }
+    }
+    fn ud(recv: UserData, op: Op) -> UserData {
+        UserData::new(recv.slot(), recv.generation(), op)
+    }
+    fn closed(&self, reason: CloseReason) -> u64 {
+        self.w.stats.closed[reason as usize]
+    }
+}
+
+#[test]
+fn peer_fin_first_flushes_its_own_line_then_shuts_then_closes() {
+    let mut h = Harness::new(&[]);
+    let recv = h.accept(FD);
+    h.data(recv, b"bye\n");
+    h.complete(recv, 0, false); // FIN right behind the line
+    h.turn();
+    let send = Harness::ud(recv, Op::Send);
+    assert_eq!(
+        h.take(),
+        vec![Sub::Send(FD, send, b"bye\n".to_vec())],
+        "own line echoed before anything else"
+    );
+    let slot = recv.slot() as usize;
+    assert_eq!(h.w.conns[slot].read, ReadHalf::Ended);
+    assert_eq!(
+        h.w.conns[slot].write,
+        WriteHalf::Draining,
+        "subscription dropped on FIN"
+    );
+    assert!(h.w.subscribers.is_empty());
+    h.complete(send, 4, false);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![Sub::Shutdown(FD, Harness::ud(recv, Op::Shutdown))],
+        "SHUT_WR only after the flush"
+    );
+    h.complete(Harness::ud(recv, Op::Shutdown), 0, false);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![Sub::Close(FD, Harness::ud(recv, Op::Close))],
+        "close once both halves ended, nothing in flight"
+    );
+    h.complete(Harness::ud(recv, Op::Close), 0, false);
+    h.turn();
+    assert!(h.w.conns.is_empty());
+    assert_eq!(h.closed(CloseReason::PeerFin), 1);
+    assert_eq!(
+        h.w.generations[slot],
+        recv.generation() + 1,
+        "generation bumped on free"
+    );
+}
+
+#[test]
+fn server_first_close_keeps_reading_until_fin() {
+    let mut h = Harness::new(&[("RINGFAN_MAX_FRAME_BYTES", "8")]);
+    let recv = h.accept(FD);
+    h.data(recv, b"ok\nthis line is too long\n");
+    h.turn();
+    let send = Harness::ud(recv, Op::Send);
+    let mut expect = b"ok\n".to_vec();
+    expect.extend_from_slice(b"-ERR frame exceeds RINGFAN_MAX_FRAME_BYTES (8)\n");
+    let n = expect.len() as i32;
+    assert_eq!(
+        h.take(),
+        vec![Sub::Send(FD, send, expect)],
+        "good line, then the error line, in one send"
+    );
+    h.complete(send, n, false);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![Sub::Shutdown(FD, Harness::ud(recv, Op::Shutdown))]
+    );
+    h.complete(Harness::ud(recv, Op::Shutdown), 0, false);
+    h.data(recv, b"ignored\n"); // read and discarded while waiting for the FIN
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![],
+        "no close before the peer's FIN: the recv is still armed"
+    );
+    assert!(
+        h.w.driver.buffers.is_empty(),
+        "discarded input gives its buffer back at once"
+    );
+    h.complete(recv, 0, false);
+    h.turn();
+    assert_eq!(h.take(), vec![Sub::Close(FD, Harness::ud(recv, Op::Close))]);
+    h.complete(Harness::ud(recv, Op::Close), 0, false);
+    h.turn();
+    assert_eq!(h.closed(CloseReason::ProtocolError), 1);
+}
+
+#[test]
+fn missing_fin_hits_the_deadline_and_close_waits_for_the_cancelled_recv() {
+    let mut h = Harness::new(&[
+        ("RINGFAN_MAX_FRAME_BYTES", "4"),
+        ("RINGFAN_CLOSE_TIMEOUT_MS", "100"),
+    ]);
+    let recv = h.accept(FD);
+    h.data(recv, b"xxxxxxxx");
+    h.turn();
+    let send = Harness::ud(recv, Op::Send);
+    assert!(matches!(h.take().as_slice(), [Sub::Send(..)]));
+    h.complete(send, 47, false);
+    h.turn();
+    h.complete(Harness::ud(recv, Op::Shutdown), 0, false);
+    h.turn();
+    h.take();
+    h.now += Duration::from_millis(150);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![Sub::CancelFd(FD, Harness::ud(recv, Op::Cancel))],
+        "deadline: cancel the armed recv, do not close under it"
+    );
+    h.complete(Harness::ud(recv, Op::Cancel), 1, false);
+    h.turn();
+    assert_eq!(h.take(), vec![], "recv's final completion has not come yet");
+    h.complete(recv, -libc::ECANCELED, false);
+    h.turn();
+    assert_eq!(h.take(), vec![Sub::Close(FD, Harness::ud(recv, Op::Close))]);
+    h.complete(Harness::ud(recv, Op::Close), 0, false);
+    h.turn();
+    // The reason is the first cause; the timeout that ended it is counted on its own.
+    assert_eq!(h.closed(CloseReason::ProtocolError), 1);
+    assert_eq!(h.w.stats.close_timeouts, 1);
+    assert_eq!(h.w.stats.aborted, 1);
+}
+
+#[test]
+fn late_completion_for_a_reused_slot_is_dropped() {
+    let mut h = Harness::new(&[]);
+    let old = h.accept(FD);
+    h.complete(old, -libc::ECONNRESET, false);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![Sub::Close(FD, Harness::ud(old, Op::Close))],
+        "reset: nothing in flight, close at once"
+    );
+    h.complete(Harness::ud(old, Op::Close), 0, false);
+    h.turn();
+    assert_eq!(h.closed(CloseReason::PeerReset), 1);
+    let new = h.accept(FD + 1);
+    assert_eq!(new.slot(), old.slot(), "the slot is reused");
+    assert_ne!(new.generation(), old.generation());
+    // A stale recv completion carrying data for the old connection arrives now.
+    h.data(old, b"evil\n");
+    h.complete(Harness::ud(old, Op::Send), 5, false);
+    h.turn();
+    assert_eq!(h.take(), vec![], "nothing is sent to the new connection");
+    assert_eq!(h.w.stats.stale_completions, 2);
+    assert!(
+        h.w.driver.buffers.is_empty(),
+        "the stale completion's buffer went back"
+    );
+    assert_eq!(h.w.conns[new.slot() as usize].queue_bytes, 0);
+}
+
+#[test]
+fn short_send_is_resumed_then_reset_on_send_aborts_after_cancel() {
+    let mut h = Harness::new(&[]);
+    let recv = h.accept(FD);
+    h.data(recv, b"aaaa\nbbbb\n");
+    h.turn();
+    let send = Harness::ud(recv, Op::Send);
+    assert_eq!(
+        h.take(),
+        vec![Sub::Send(FD, send, b"aaaa\nbbbb\n".to_vec())]
+    );
+    h.complete(send, 3, false);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![Sub::Send(FD, send, b"a\nbbbb\n".to_vec())],
+        "rest of a short send"
+    );
+    h.complete(send, -libc::ECONNRESET, false);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![Sub::CancelFd(FD, Harness::ud(recv, Op::Cancel))]
+    );
+    h.complete(recv, -libc::ECANCELED, false);
+    h.complete(Harness::ud(recv, Op::Cancel), 1, false);
+    h.turn();
+    assert_eq!(h.take(), vec![Sub::Close(FD, Harness::ud(recv, Op::Close))]);
+    h.complete(Harness::ud(recv, Op::Close), 0, false);
+    h.turn();
+    assert_eq!(h.closed(CloseReason::PeerReset), 1);
+    assert_eq!(h.w.stats.aborted, 1);
+}
+
+#[test]
+fn slow_subscriber_is_evicted_and_its_queue_still_flushed() {
+    let mut h = Harness::new(&[("RINGFAN_SEND_QUEUE_BYTES_MAX", "16")]);
+    let slow = h.accept(FD);
+    let publisher = h.accept(FD + 1);
+    h.data(publisher, b"0123456789\n");
+    h.turn();
+    let subs = h.take();
+    assert_eq!(subs.len(), 2, "both get the first line: {subs:?}");
+    // The slow one's send never completes; the publisher's does.
+    h.complete(Harness::ud(publisher, Op::Send), 11, false);
+    h.data(publisher, b"abcdefghij\n");
+    h.turn();
+    let slot = slow.slot() as usize;
+    assert_eq!(
+        h.w.conns[slot].write,
+        WriteHalf::Draining,
+        "over 16 bytes queued: evicted"
+    );
+    assert_eq!(
+        h.w.conns[slot].queue_bytes, 11,
+        "the line that did not fit was not queued"
+    );
+    h.complete(Harness::ud(slow, Op::Send), 11, false);
+    h.turn();
+    assert!(
+        h.take()
+            .contains(&Sub::Shutdown(FD, Harness::ud(slow, Op::Shutdown))),
+        "flushed, then SHUT_WR"
+    );
+    assert_eq!(h.w.stats.evicted_slow, 1);
+}
