@@ -23,6 +23,7 @@ pub struct Config {
     pub ring_entries: u32,
     pub listen_backlog: i32,
     pub log: String,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A variable's value was not acceptable. `Display` names the variable, the value and what is
@@ -67,6 +68,7 @@ const VARS: &[Var] = &[
     Var { name: "RINGFAN_RECV_BUFFER_BYTES", default: "16384", help: "size of each provided receive buffer" },
     Var { name: "RINGFAN_RING_ENTRIES", default: "4096", help: "io_uring submission queue entries per worker (completion queue: 4x)" },
     Var { name: "RINGFAN_LISTEN_BACKLOG", default: "4096", help: "listen(2) backlog of each worker's listener" },
+    Var { name: "RINGFAN_METRICS_LISTEN", default: "off", help: "address:port serving Prometheus metrics at /metrics (e.g. 127.0.0.1:9100); unset or empty: off" },
     Var { name: "RINGFAN_LOG", default: "info", help: "log filter: error, warn, info, debug, trace (tracing EnvFilter syntax)" },
 ];
 
@@ -191,8 +193,22 @@ impl Config {
                 accepted: "a level (error, warn, info, debug, trace) or a tracing filter like ringfan=debug".into(),
             });
         }
+        let metrics_listen = match get("RINGFAN_METRICS_LISTEN").map(str::trim) {
+            None | Some("") => None,
+            Some(v) => Some(
+                v.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| ConfigError {
+                        var: "RINGFAN_METRICS_LISTEN",
+                        value: v.into(),
+                        accepted: "host:port, e.g. 127.0.0.1:9100, or empty for no metrics".into(),
+                    })?,
+            ),
+        };
         Ok(Config {
             listen,
+            metrics_listen,
             threads: int("RINGFAN_THREADS", cores as u64, 1, 1024, "")? as usize,
             pin: flag("RINGFAN_PIN", true)?,
             echo: flag("RINGFAN_ECHO", true)?,

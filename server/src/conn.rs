@@ -132,6 +132,11 @@ pub struct Conn {
     /// Bytes handed to the in-flight send.
     pub send_bytes: usize,
     pub send: Option<Box<SendState>>,
+    /// Bytes ever queued / ever sent: a fan-out latency sample completes when `sent_total`
+    /// reaches the `queued_total` noted with it.
+    pub queued_total: u64,
+    pub sent_total: u64,
+    pub latency_probe: Option<(u64, Instant)>,
 
     pub decoder: LineDecoder,
     /// Received buffers not yet decoded (fairness: bounded work per connection per loop turn).
@@ -166,6 +171,9 @@ impl Conn {
             queue_bytes: 0,
             send_bytes: 0,
             send: None,
+            queued_total: 0,
+            sent_total: 0,
+            latency_probe: None,
             decoder: LineDecoder::new(max_frame_bytes),
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -328,6 +336,16 @@ impl<D: Driver> Worker<D> {
         conn.send_bytes = 0;
         self.stats.bytes_out += sent as u64;
         conn.advance(sent);
+        conn.sent_total += sent as u64;
+        if let Some((target, at)) = conn.latency_probe {
+            if conn.sent_total >= target {
+                conn.latency_probe = None;
+                if let Some(m) = &self.metrics {
+                    m.latency
+                        .record(self.now.saturating_duration_since(at).as_secs_f64());
+                }
+            }
+        }
         if conn.closing != Closing::No {
             return self.conn_try_close(slot);
         }

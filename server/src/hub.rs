@@ -8,12 +8,19 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use protocol::Chunk;
 use ring::Doorbell;
 
 /// The chunks one worker's publishers completed in one loop turn, in order.
-pub type Batch = Arc<Vec<Chunk>>;
+pub struct BatchData {
+    pub chunks: Vec<Chunk>,
+    /// When the publishing worker decoded them (start of fan-out latency).
+    pub at: Instant,
+}
+
+pub type Batch = Arc<BatchData>;
 
 /// A worker's mailbox as seen by the others.
 pub struct Mailbox {
@@ -92,7 +99,7 @@ impl Shared {
         loop {
             match rx.try_recv() {
                 Ok(batch) => {
-                    let bytes: usize = batch.iter().map(|c| c.bytes.len()).sum();
+                    let bytes: usize = batch.chunks.iter().map(|c| c.bytes.len()).sum();
                     m.bytes.fetch_sub(bytes, Ordering::Relaxed);
                     out.push(batch);
                 }

@@ -3,6 +3,7 @@
 mod config;
 mod conn;
 mod hub;
+mod metrics;
 mod net;
 mod stats;
 #[cfg(test)]
@@ -98,6 +99,13 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     // thread inherits the mask.
     let signals = block_signals();
 
+    // Installed before any worker registers its metric handles.
+    let metrics_addr = match cfg.metrics_listen {
+        Some(addr) => Some(metrics::install(addr).map_err(|e| {
+            format!("cannot serve metrics on {addr} (RINGFAN_METRICS_LISTEN): {e}")
+        })?),
+        None => None,
+    };
     let (listeners, addr) =
         net::reuseport_listeners(cfg.listen, cfg.threads, cfg.listen_backlog)
             .map_err(|e| format!("cannot listen on {} (RINGFAN_LISTEN): {e}", cfg.listen))?;
@@ -148,7 +156,13 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 };
                 let _ = ready_tx.send(Ok((id, driver.doorbell())));
                 start.wait();
-                Worker::new(id, cfg, driver, shared, rx, listener).run()
+                let metrics = cfg.metrics_listen.is_some();
+                let worker = Worker::new(id, cfg, driver, shared, rx, listener);
+                if metrics {
+                    worker.with_metrics().run()
+                } else {
+                    worker.run()
+                }
             })?;
         handles.push(handle);
     }
@@ -178,6 +192,9 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     tracing::info!(%cfg, "ringfan starting");
     tracing::info!("io_uring: {features}");
     println!("ringfan listening on {addr}");
+    if let Some(bound) = metrics_addr {
+        println!("ringfan metrics on http://{bound}/metrics");
+    }
     let _ = std::io::stdout().flush();
 
     // Wait for SIGINT/SIGTERM, or for a worker to stop on its own (an error).

@@ -30,6 +30,10 @@ pub struct Stats {
     pub recv_paused: u64,
     pub backpressure_turns: u64,
     pub accept_emfile: u64,
+    /// Connections refused at RINGFAN_MAX_CONNECTIONS.
+    pub refused_limit: u64,
+    /// Lines not queued to a subscriber over its limit (drop policy).
+    pub messages_dropped: u64,
     pub unexpected_errors: u64,
     pub driver: DriverStats,
 }
@@ -57,6 +61,8 @@ impl Stats {
         self.recv_paused += o.recv_paused;
         self.backpressure_turns += o.backpressure_turns;
         self.accept_emfile += o.accept_emfile;
+        self.refused_limit += o.refused_limit;
+        self.messages_dropped += o.messages_dropped;
         self.unexpected_errors += o.unexpected_errors;
         self.driver.sq_full += o.driver.sq_full;
         self.driver.cq_overflow += o.driver.cq_overflow;

@@ -18,7 +18,8 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::conn::{CloseReason, Closing, Conn, ReadEnd, ReadHalf, WriteHalf};
-use crate::hub::{Batch, Shared};
+use crate::hub::{Batch, BatchData, Shared};
+use crate::metrics::{WorkerMetrics, LATENCY_SAMPLE_INTERVAL, PUBLISH_INTERVAL};
 use crate::net;
 use crate::stats::Stats;
 
@@ -80,6 +81,10 @@ pub struct Worker<D: Driver> {
     pub(crate) now: Instant,
     pub(crate) stats: Stats,
     unexpected_logged: u32,
+    pub(crate) metrics: Option<WorkerMetrics>,
+    next_metrics_publish: Instant,
+    next_latency_sample: Instant,
+    latency_rr: usize,
 }
 
 impl<D: Driver> Worker<D> {
@@ -117,7 +122,17 @@ impl<D: Driver> Worker<D> {
             now: Instant::now(),
             stats: Stats::default(),
             unexpected_logged: 0,
+            metrics: None,
+            next_metrics_publish: Instant::now(),
+            next_latency_sample: Instant::now(),
+            latency_rr: 0,
         }
+    }
+
+    /// Publishes this worker's counters to the installed metrics recorder.
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = Some(WorkerMetrics::new(self.id));
+        self
     }
 
     fn listener_fd(&self) -> RawFd {
@@ -165,6 +180,7 @@ impl<D: Driver> Worker<D> {
         }
         self.expire_deadlines();
         self.submit_sends();
+        self.publish_metrics();
         self.phase == Phase::Draining && self.conns.is_empty() && !self.accept_armed
     }
 
@@ -186,6 +202,9 @@ impl<D: Driver> Worker<D> {
         }
         if let Some(t) = self.shutdown_deadline {
             due(t);
+        }
+        if self.metrics.is_some() {
+            due(self.next_metrics_publish);
         }
         if !self.starved.is_empty() {
             due(self.now + Duration::from_millis(1));
@@ -492,10 +511,14 @@ impl<D: Driver> Worker<D> {
         }
         if self.shared.workers > 1 {
             let bytes = batch.iter().map(|(c, _)| c.bytes.len()).sum();
-            let shipped: Batch = Arc::new(batch.iter().map(|(c, _)| c.clone()).collect());
+            let shipped: Batch = Arc::new(BatchData {
+                chunks: batch.iter().map(|(c, _)| c.clone()).collect(),
+                at: self.now,
+            });
             self.shared.publish(self.id, &shipped, bytes);
         }
         self.apply_evictions();
+        self.sample_latency(self.now);
         self.batch = batch;
         self.batch.clear();
     }
@@ -509,6 +532,7 @@ impl<D: Driver> Worker<D> {
             return false;
         }
         conn.queue_bytes += chunk.bytes.len();
+        conn.queued_total += chunk.bytes.len() as u64;
         conn.queue.push_back(chunk.bytes.clone());
         self.stats.messages_out += chunk.count as u64;
         if !conn.send_in_flight && !conn.in_dirty {
@@ -516,6 +540,34 @@ impl<D: Driver> Worker<D> {
             self.dirty.push(slot);
         }
         true
+    }
+
+    /// Now and then, follows the last delivery to one subscriber (round robin) until its send
+    /// completes: the fan-out latency histogram. Off without metrics.
+    fn sample_latency(&mut self, arrival: Instant) {
+        if self.metrics.is_none()
+            || self.now < self.next_latency_sample
+            || self.subscribers.is_empty()
+        {
+            return;
+        }
+        self.next_latency_sample = self.now + LATENCY_SAMPLE_INTERVAL;
+        self.latency_rr = self.latency_rr.wrapping_add(1);
+        let slot = self.subscribers[self.latency_rr % self.subscribers.len()];
+        let conn = &mut self.conns[slot];
+        if conn.latency_probe.is_none() && conn.queued_total > conn.sent_total {
+            conn.latency_probe = Some((conn.queued_total, arrival));
+        }
+    }
+
+    fn publish_metrics(&mut self) {
+        if let Some(m) = &self.metrics {
+            if self.now >= self.next_metrics_publish {
+                self.next_metrics_publish = self.now + PUBLISH_INTERVAL;
+                self.stats.driver = self.driver.stats();
+                m.publish(&self.stats, self.conns.iter().map(|(_, c)| c));
+            }
+        }
     }
 
     fn apply_evictions(&mut self) {
@@ -540,7 +592,7 @@ impl<D: Driver> Worker<D> {
         for batch in batches.drain(..) {
             for i in 0..self.subscribers.len() {
                 let slot = self.subscribers[i];
-                for chunk in batch.iter() {
+                for chunk in batch.chunks.iter() {
                     if !self.deliver(slot, chunk) {
                         break;
                     }
@@ -549,6 +601,7 @@ impl<D: Driver> Worker<D> {
             // Before the next batch: an evicted subscriber must not get later messages after
             // missing one.
             self.apply_evictions();
+            self.sample_latency(batch.at);
         }
         self.inbox_batches = batches;
     }

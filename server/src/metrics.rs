@@ -1,0 +1,303 @@
+//! Prometheus metrics.
+//!
+//! Workers keep plain integers ([`Stats`]) on the hot path and copy them into the `metrics`
+//! recorder every [`PUBLISH_INTERVAL`]; the recorder renders text for `/metrics`, served by one
+//! small thread. Only the sampled fan-out latency goes straight to the recorder.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::conn::{CloseReason, Closing, Conn, ReadHalf, WriteHalf};
+use crate::stats::Stats;
+
+/// How often a worker copies its counters into the recorder.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a worker starts a fan-out latency sample.
+pub const LATENCY_SAMPLE_INTERVAL: Duration = Duration::from_millis(1);
+
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    2.5,
+];
+
+/// Installs the recorder and starts serving `/metrics` on `addr`. Returns the bound address.
+pub fn install(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("ringfan_fanout_latency_seconds".into()),
+            LATENCY_BUCKETS_SECONDS,
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| std::io::Error::other(e.to_string()))?;
+    describe();
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("ringfan-metrics".into())
+        .spawn(move || serve(listener, handle))?;
+    Ok(bound)
+}
+
+fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => {
+                // One scrape at a time is plenty; a stuck client is cut off by the timeouts.
+                let _ = respond(s, &handle);
+            }
+            Err(e) => {
+                tracing::warn!("metrics listener: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn respond(mut s: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut req = Vec::with_capacity(512);
+    let mut buf = [0u8; 512];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let line = req.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut parts = line.split(|&b| b == b' ');
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let (status, body) = if method != b"GET" {
+        ("405 Method Not Allowed", "only GET\n".to_string())
+    } else if path == b"/metrics" || path.starts_with(b"/metrics?") {
+        handle.run_upkeep();
+        ("200 OK", handle.render())
+    } else {
+        ("404 Not Found", "metrics are at /metrics\n".to_string())
+    };
+    write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    s.flush()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "ringfan_connections_accepted_total",
+        "Connections accepted."
+    );
+    describe_counter!(
+        "ringfan_connections_refused_total",
+        "Connections refused, by reason (limit, emfile)."
+    );
+    describe_counter!(
+        "ringfan_connections_closed_total",
+        "Connections closed, by the reason their subscription ended."
+    );
+    describe_counter!(
+        "ringfan_connections_aborted_total",
+        "Connections closed abortively (RST)."
+    );
+    describe_counter!(
+        "ringfan_close_timeouts_total",
+        "Connections whose flush or FIN did not come within RINGFAN_CLOSE_TIMEOUT_MS."
+    );
+    describe_gauge!(
+        "ringfan_connections_open",
+        "Connections held (accepted, not yet closed)."
+    );
+    describe_gauge!(
+        "ringfan_connections_closing",
+        "Connections in each close state."
+    );
+    describe_counter!(
+        "ringfan_messages_published_total",
+        "Lines received from publishers."
+    );
+    describe_counter!(
+        "ringfan_messages_delivered_total",
+        "Lines queued to subscribers (one per subscriber)."
+    );
+    describe_counter!(
+        "ringfan_messages_dropped_total",
+        "Lines not queued to a subscriber over its limit under the drop policy."
+    );
+    describe_counter!(
+        "ringfan_bytes_received_total",
+        Unit::Bytes,
+        "Bytes received."
+    );
+    describe_counter!("ringfan_bytes_sent_total", Unit::Bytes, "Bytes sent.");
+    describe_counter!(
+        "ringfan_bytes_discarded_total",
+        Unit::Bytes,
+        "Bytes received and not published (closing connections)."
+    );
+    describe_counter!(
+        "ringfan_bytes_lost_total",
+        Unit::Bytes,
+        "Queued bytes never sent because a connection was reset."
+    );
+    describe_gauge!(
+        "ringfan_send_queue_bytes",
+        Unit::Bytes,
+        "Bytes queued for sending, all connections."
+    );
+    describe_gauge!(
+        "ringfan_send_queue_largest_bytes",
+        Unit::Bytes,
+        "The largest single connection's send queue."
+    );
+    describe_counter!(
+        "ringfan_recv_enobufs_total",
+        "Receives that ended because the provided-buffer ring was empty."
+    );
+    describe_counter!(
+        "ringfan_stale_completions_total",
+        "Completions dropped because their connection was already freed."
+    );
+    describe_counter!(
+        "ringfan_sq_full_total",
+        "Times the submission queue was full and flushed."
+    );
+    describe_counter!(
+        "ringfan_cq_overflow_total",
+        "Times the completion queue overflowed."
+    );
+    describe_counter!("ringfan_protocol_errors_total", "Over-long lines.");
+    describe_counter!(
+        "ringfan_unexpected_errors_total",
+        "Operation errors with no planned handling (logged)."
+    );
+    describe_histogram!(
+        "ringfan_fanout_latency_seconds",
+        Unit::Seconds,
+        "Sampled: a line's arrival to the completion of the send that delivered it."
+    );
+}
+
+/// One worker's metric handles, registered once.
+pub struct WorkerMetrics {
+    accepted: Counter,
+    refused_limit: Counter,
+    refused_emfile: Counter,
+    closed: Vec<Counter>,
+    aborted: Counter,
+    close_timeouts: Counter,
+    open: Gauge,
+    closing: [Gauge; 3],
+    published: Counter,
+    delivered: Counter,
+    dropped: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    bytes_discarded: Counter,
+    bytes_lost: Counter,
+    queue_bytes: Gauge,
+    queue_largest: Gauge,
+    enobufs: Counter,
+    stale: Counter,
+    sq_full: Counter,
+    cq_overflow: Counter,
+    protocol_errors: Counter,
+    unexpected: Counter,
+    pub latency: Histogram,
+}
+
+impl WorkerMetrics {
+    pub fn new(worker: usize) -> Self {
+        let w = worker.to_string();
+        let c = |name: &'static str| metrics::counter!(name, "worker" => w.clone());
+        let g = |name: &'static str| metrics::gauge!(name, "worker" => w.clone());
+        WorkerMetrics {
+            accepted: c("ringfan_connections_accepted_total"),
+            refused_limit: metrics::counter!("ringfan_connections_refused_total", "worker" => w.clone(), "reason" => "limit"),
+            refused_emfile: metrics::counter!("ringfan_connections_refused_total", "worker" => w.clone(), "reason" => "emfile"),
+            closed: CloseReason::ALL
+                .iter()
+                .map(|r| metrics::counter!("ringfan_connections_closed_total", "worker" => w.clone(), "reason" => r.name()))
+                .collect(),
+            aborted: c("ringfan_connections_aborted_total"),
+            close_timeouts: c("ringfan_close_timeouts_total"),
+            open: g("ringfan_connections_open"),
+            closing: ["draining", "shutdown_sent", "awaiting_fin"]
+                .map(|s| metrics::gauge!("ringfan_connections_closing", "worker" => w.clone(), "state" => s)),
+            published: c("ringfan_messages_published_total"),
+            delivered: c("ringfan_messages_delivered_total"),
+            dropped: c("ringfan_messages_dropped_total"),
+            bytes_in: c("ringfan_bytes_received_total"),
+            bytes_out: c("ringfan_bytes_sent_total"),
+            bytes_discarded: c("ringfan_bytes_discarded_total"),
+            bytes_lost: c("ringfan_bytes_lost_total"),
+            queue_bytes: g("ringfan_send_queue_bytes"),
+            queue_largest: g("ringfan_send_queue_largest_bytes"),
+            enobufs: c("ringfan_recv_enobufs_total"),
+            stale: c("ringfan_stale_completions_total"),
+            sq_full: c("ringfan_sq_full_total"),
+            cq_overflow: c("ringfan_cq_overflow_total"),
+            protocol_errors: c("ringfan_protocol_errors_total"),
+            unexpected: c("ringfan_unexpected_errors_total"),
+            latency: metrics::histogram!("ringfan_fanout_latency_seconds", "worker" => w.clone()),
+        }
+    }
+
+    /// Copies the worker's counters and a census of its connections into the recorder.
+    pub fn publish<'a>(&self, s: &Stats, conns: impl Iterator<Item = &'a Conn>) {
+        self.accepted.absolute(s.accepted);
+        self.refused_limit.absolute(s.refused_limit);
+        self.refused_emfile.absolute(s.accept_emfile);
+        for (counter, v) in self.closed.iter().zip(s.closed) {
+            counter.absolute(v);
+        }
+        self.aborted.absolute(s.aborted);
+        self.close_timeouts.absolute(s.close_timeouts);
+        self.published.absolute(s.messages_in);
+        self.delivered.absolute(s.messages_out);
+        self.dropped.absolute(s.messages_dropped);
+        self.bytes_in.absolute(s.bytes_in);
+        self.bytes_out.absolute(s.bytes_out);
+        self.bytes_discarded.absolute(s.bytes_discarded);
+        self.bytes_lost.absolute(s.lost_bytes);
+        self.enobufs.absolute(s.recv_enobufs);
+        self.stale.absolute(s.stale_completions);
+        self.sq_full.absolute(s.driver.sq_full);
+        self.cq_overflow.absolute(s.driver.cq_overflow);
+        self.protocol_errors.absolute(s.protocol_errors);
+        self.unexpected.absolute(s.unexpected_errors);
+        let (mut open, mut closing, mut queued, mut largest) =
+            (0usize, [0usize; 3], 0usize, 0usize);
+        for c in conns {
+            open += 1;
+            queued += c.queue_bytes;
+            largest = largest.max(c.queue_bytes);
+            if c.closing != Closing::No {
+                continue;
+            }
+            match c.write {
+                WriteHalf::Draining => closing[0] += 1,
+                WriteHalf::ShutdownSent => closing[1] += 1,
+                WriteHalf::Ended if c.read == ReadHalf::Open => closing[2] += 1,
+                _ => {}
+            }
+        }
+        self.open.set(open as f64);
+        for (g, v) in self.closing.iter().zip(closing) {
+            g.set(v as f64);
+        }
+        self.queue_bytes.set(queued as f64);
+        self.queue_largest.set(largest as f64);
+    }
+}
