@@ -137,6 +137,10 @@ pub struct Conn {
     pub queued_total: u64,
     pub sent_total: u64,
     pub latency_probe: Option<(u64, Instant)>,
+    /// When the queue went over half its limit (None while under).
+    pub lagging_since: Option<Instant>,
+    /// When a send last moved bytes.
+    pub last_send_progress: Option<Instant>,
 
     pub decoder: LineDecoder,
     /// Received buffers not yet decoded (fairness: bounded work per connection per loop turn).
@@ -174,6 +178,8 @@ impl Conn {
             queued_total: 0,
             sent_total: 0,
             latency_probe: None,
+            lagging_since: None,
+            last_send_progress: None,
             decoder: LineDecoder::new(max_frame_bytes),
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -337,6 +343,9 @@ impl<D: Driver> Worker<D> {
         self.stats.bytes_out += sent as u64;
         conn.advance(sent);
         conn.sent_total += sent as u64;
+        if sent > 0 {
+            conn.last_send_progress = Some(self.now);
+        }
         if let Some((target, at)) = conn.latency_probe {
             if conn.sent_total >= target {
                 conn.latency_probe = None;

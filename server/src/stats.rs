@@ -29,6 +29,8 @@ pub struct Stats {
     pub recv_enobufs: u64,
     pub recv_paused: u64,
     pub backpressure_turns: u64,
+    /// Turns that took no input because a subscriber was draining a large queue.
+    pub stalled_turns: u64,
     pub accept_emfile: u64,
     /// Connections refused at RINGFAN_MAX_CONNECTIONS.
     pub refused_limit: u64,
@@ -60,6 +62,7 @@ impl Stats {
         self.recv_enobufs += o.recv_enobufs;
         self.recv_paused += o.recv_paused;
         self.backpressure_turns += o.backpressure_turns;
+        self.stalled_turns += o.stalled_turns;
         self.accept_emfile += o.accept_emfile;
         self.refused_limit += o.refused_limit;
         self.messages_dropped += o.messages_dropped;
@@ -80,7 +83,7 @@ impl fmt::Display for Stats {
             f,
             " aborted={} close_timeouts={} shutdown_aborted={} lost_bytes={} stale_completions={} \
              messages_in={} messages_out={} bytes_in={} bytes_out={} bytes_discarded={} \
-             protocol_errors={} evicted_slow={} recv_enobufs={} recv_paused={} backpressure_turns={} \
+             protocol_errors={} evicted_slow={} recv_enobufs={} recv_paused={} backpressure_turns={} stalled_turns={} \
              accept_emfile={} unexpected_errors={} sq_full={} cq_overflow={}",
             self.aborted,
             self.close_timeouts,
@@ -97,6 +100,7 @@ impl fmt::Display for Stats {
             self.recv_enobufs,
             self.recv_paused,
             self.backpressure_turns,
+            self.stalled_turns,
             self.accept_emfile,
             self.unexpected_errors,
             self.driver.sq_full,

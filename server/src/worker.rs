@@ -33,6 +33,10 @@ const ACCEPT_CANCEL_UD: UserData = UserData::new(LISTENER_SLOT, 0, Op::Cancel);
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Back-off before re-arming accept after EMFILE/ENFILE or an unexpected error (no busy loop).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// A lagging subscriber holds input back only while its sends progressed within this window...
+const STALL_PROGRESS_WINDOW: Duration = Duration::from_millis(100);
+/// ...and for at most this long per episode over half its queue limit.
+const STALL_MAX: Duration = Duration::from_millis(5000);
 
 enum AfterFanOut {
     ReadEnd(ReadEnd),
@@ -66,6 +70,8 @@ pub struct Worker<D: Driver> {
     ready: VecDeque<usize>,
     /// Connections with queued bytes and no send in flight.
     dirty: Vec<usize>,
+    /// Subscribers over half their queue limit (see `input_stalled`).
+    lagging: Vec<(usize, u32)>,
     /// Connections whose recv ended for want of buffers; re-armed when buffers return.
     starved: Vec<(usize, u32)>,
     deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
@@ -111,6 +117,7 @@ impl<D: Driver> Worker<D> {
             ready: VecDeque::new(),
             dirty: Vec::new(),
             starved: Vec::new(),
+            lagging: Vec::new(),
             deadlines: BinaryHeap::new(),
             batch: Vec::new(),
             inbox_batches: Vec::new(),
@@ -165,9 +172,13 @@ impl<D: Driver> Worker<D> {
     pub(crate) fn turn(&mut self, now: Instant) -> bool {
         self.now = now;
         self.take_completions();
-        self.take_inbox();
+        if self.input_stalled() {
+            self.stats.stalled_turns += 1;
+        } else {
+            self.take_inbox();
+            self.decode_ready(self.cfg.read_budget_bytes, false);
+        }
         self.advance_phase();
-        self.decode_ready(self.cfg.read_budget_bytes, false);
         self.fan_out();
         self.rearm_starved();
         if self.phase == Phase::Running && !self.accept_armed {
@@ -185,10 +196,14 @@ impl<D: Driver> Worker<D> {
     }
 
     fn wait_time(&self) -> Duration {
-        if !self.ready.is_empty() && !self.shared.peers_backlogged(self.id) {
+        if !self.ready.is_empty()
+            && !self.shared.peers_backlogged(self.id)
+            && self.lagging.is_empty()
+        {
             return Duration::ZERO;
         }
-        let mut wait = if self.ready.is_empty() {
+        let stalled = !self.lagging.is_empty() && !self.ready.is_empty();
+        let mut wait = if self.ready.is_empty() && !stalled {
             IDLE_WAIT
         } else {
             Duration::from_millis(1)
@@ -535,11 +550,46 @@ impl<D: Driver> Worker<D> {
         conn.queued_total += chunk.bytes.len() as u64;
         conn.queue.push_back(chunk.bytes.clone());
         self.stats.messages_out += chunk.count as u64;
+        if conn.queue_bytes > self.cfg.send_queue_bytes_max / 2 && conn.lagging_since.is_none() {
+            conn.lagging_since = Some(self.now);
+            self.lagging.push((slot, conn.generation));
+        }
         if !conn.send_in_flight && !conn.in_dirty {
             conn.in_dirty = true;
             self.dirty.push(slot);
         }
         true
+    }
+
+    /// Flow control: true while some subscriber is over half its queue limit *and* draining it
+    /// (a send made progress lately). Then this worker takes no new input (its publishers feel
+    /// TCP backpressure) and leaves its inbox alone (so other workers' publishers stall too),
+    /// instead of queueing past the limit and evicting a subscriber that is merely behind. A
+    /// subscriber that makes no progress, or has been over for longer than [`STALL_MAX`], does
+    /// not hold anyone back: it goes on to its limit and is evicted.
+    fn input_stalled(&mut self) -> bool {
+        let half = self.cfg.send_queue_bytes_max / 2;
+        let now = self.now;
+        let conns = &mut self.conns;
+        let mut stall = false;
+        self.lagging.retain(|&(slot, generation)| {
+            let Some(conn) = conns.get_mut(slot).filter(|c| c.generation == generation) else {
+                return false;
+            };
+            let Some(since) = conn.lagging_since else {
+                return false;
+            };
+            if conn.queue_bytes <= half || conn.write != WriteHalf::Subscribed {
+                conn.lagging_since = None;
+                return false;
+            }
+            let progressing = conn
+                .last_send_progress
+                .is_some_and(|t| now.saturating_duration_since(t) < STALL_PROGRESS_WINDOW);
+            stall |= progressing && now.saturating_duration_since(since) < STALL_MAX;
+            true
+        });
+        stall
     }
 
     /// Now and then, follows the last delivery to one subscriber (round robin) until its send
