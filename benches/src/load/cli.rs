@@ -1,0 +1,341 @@
+//! Command-line parsing. Bad flags or values exit with status 2 and a message that names the
+//! flag, the value and what is accepted.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Ringfan,
+    Redis,
+    Nats,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Ringfan => "ringfan",
+            Proto::Redis => "redis",
+            Proto::Nats => "nats",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    Fanout,
+    Storm,
+    Slow,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Fanout => "fanout",
+            Scenario::Storm => "storm",
+            Scenario::Slow => "slow",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub proto: Proto,
+    pub addr: SocketAddr,
+    pub subscribers: usize,
+    pub publishers: usize,
+    /// Total messages/s across publishers; 0 = as fast as possible.
+    pub rate: f64,
+    pub size: usize,
+    pub duration: Duration,
+    pub duration_given: bool,
+    pub warmup: Duration,
+    pub connect_rate: f64,
+    pub recv_threads: usize,
+    pub json: Option<String>,
+    pub scenario: Scenario,
+    pub channel: String,
+    pub drain: Duration,
+    pub cycles: Option<u64>,
+    pub storm_concurrency: usize,
+    pub storm_send: bool,
+    pub server_pid: Option<u32>,
+    pub slow: usize,
+    pub slow_bytes_per_sec: u64,
+}
+
+pub const MIN_SIZE: usize = 40;
+pub const MAX_SIZE: usize = 1 << 20;
+pub const MAX_PUBLISHERS: usize = 999;
+
+pub const HELP: &str = "\
+ringfan-load: load generator for ringfan (and Redis pub/sub / NATS, for comparison)
+
+USAGE: ringfan-load [FLAGS]      (flags take `--flag VALUE` or `--flag=VALUE`)
+
+General:
+  --proto ringfan|redis|nats   wire protocol (default ringfan)
+  --addr HOST:PORT             server address (default 127.0.0.1:7000)
+  --scenario fanout|storm|slow (default fanout)
+  --json PATH                  also write a JSON summary to PATH; `-` = stdout (the key=value
+                               line then goes to stderr, so stdout holds exactly one JSON line)
+  --channel NAME               redis channel / NATS subject (default ringfan)
+  -h, --help                   this text
+
+fanout / slow:
+  --subscribers N              subscriber connections (default 100)
+  --publishers P               publisher connections, one thread each (default 1, max 999)
+  --rate R                     total messages/s across publishers; 0 = as fast as possible
+                               (default 0)
+  --size S                     message bytes incl. the trailing newline (default 64, 40..=1048576)
+  --duration SECS              measured part (default 10; fractions allowed)
+  --warmup SECS                excluded from the numbers (default 2)
+  --drain SECS                 after publishers stop, wait at most this long for deliveries to
+                               stop progressing (default 2)
+  --connect-rate C             new connections per second (default 2000)
+  --recv-threads K             io_uring receiver threads for subscribers (default 1, max 16)
+  --slow K                     (slow) how many of the N subscribers read slowly (default 1)
+  --slow-bytes-per-sec B       (slow) read rate of each slow subscriber; 0 = never read (default 0)
+                               slow subscribers use plain sockets on their own thread; their
+                               disconnects are reported in seconds after the publishers started
+
+storm:
+  --duration SECS              churn for this long (default 10) ...
+  --cycles N                   ... or until N connect/close cycles are done
+  --storm-concurrency C        threads doing cycles (default 50)
+  --storm-send yes|no          ringfan: send one line per cycle (default yes)
+  --server-pid PID             also report the server's open fds (/proc/PID/fd) before and after
+
+Output: progress on stderr once a second; at the end ONE key=value summary line on stdout.
+Latency = receive time - send time (CLOCK_MONOTONIC), for messages sent after the warm-up.
+lost = measured messages a subscriber missed (gaps, and those still missing after the drain);
+reordered = messages whose seq was not above the last one seen from that publisher.
+Payload: `@<publisher>:<seq>:<send_ts_ns>;` + `x` padding + `\n` (S bytes, all protocols).
+Exit status: 0 ok, 2 bad usage, 1 run failure (e.g. no connection succeeded).
+";
+
+fn fail(msg: String) -> ! {
+    eprintln!("ringfan-load: {msg} (see --help)");
+    std::process::exit(2);
+}
+
+fn bad(flag: &str, value: &str, accepted: &str) -> ! {
+    fail(format!(
+        "invalid value '{value}' for {flag}: expected {accepted}"
+    ))
+}
+
+fn int<T: std::str::FromStr + PartialOrd + Copy>(
+    flag: &str,
+    v: &str,
+    min: T,
+    max: T,
+    accepted: &str,
+) -> T {
+    match v.trim().parse::<T>() {
+        Ok(n) if n >= min && n <= max => n,
+        _ => bad(flag, v, accepted),
+    }
+}
+
+fn float(flag: &str, v: &str, min: f64, max: f64, accepted: &str) -> f64 {
+    match v.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= min && n <= max => n,
+        _ => bad(flag, v, accepted),
+    }
+}
+
+fn secs(flag: &str, v: &str, min: f64, accepted: &str) -> Duration {
+    Duration::from_secs_f64(float(flag, v, min, 86_400.0, accepted))
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
+    let mut c = Config {
+        proto: Proto::Ringfan,
+        addr: "127.0.0.1:7000".parse().unwrap(),
+        subscribers: 100,
+        publishers: 1,
+        rate: 0.0,
+        size: 64,
+        duration: Duration::from_secs(10),
+        duration_given: false,
+        warmup: Duration::from_secs(2),
+        connect_rate: 2000.0,
+        recv_threads: 1,
+        json: None,
+        scenario: Scenario::Fanout,
+        channel: "ringfan".into(),
+        drain: Duration::from_secs(2),
+        cycles: None,
+        storm_concurrency: 50,
+        storm_send: true,
+        server_pid: None,
+        slow: 1,
+        slow_bytes_per_sec: 0,
+    };
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            print!("{HELP}");
+            std::process::exit(0);
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        if !flag.starts_with("--") {
+            fail(format!("unexpected argument '{arg}'"));
+        }
+        let known = [
+            "--proto",
+            "--addr",
+            "--subscribers",
+            "--publishers",
+            "--rate",
+            "--size",
+            "--duration",
+            "--warmup",
+            "--connect-rate",
+            "--recv-threads",
+            "--json",
+            "--scenario",
+            "--channel",
+            "--drain",
+            "--cycles",
+            "--storm-concurrency",
+            "--storm-send",
+            "--server-pid",
+            "--slow",
+            "--slow-bytes-per-sec",
+        ];
+        if !known.contains(&flag.as_str()) {
+            fail(format!("unknown flag '{flag}'"));
+        }
+        let v = match inline {
+            Some(v) => v,
+            None => match it.next() {
+                Some(v) => v,
+                None => fail(format!("{flag} needs a value")),
+            },
+        };
+        let f = flag.as_str();
+        match f {
+            "--proto" => {
+                c.proto = match v.as_str() {
+                    "ringfan" => Proto::Ringfan,
+                    "redis" => Proto::Redis,
+                    "nats" => Proto::Nats,
+                    _ => bad(f, &v, "one of ringfan, redis, nats"),
+                }
+            }
+            "--addr" => {
+                let accepted = "HOST:PORT, e.g. 127.0.0.1:7000";
+                let addrs: Vec<SocketAddr> =
+                    v.to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+                let addr = addrs
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or(addrs.first())
+                    .copied();
+                match addr {
+                    Some(a) if a.port() != 0 => c.addr = a,
+                    _ => bad(f, &v, accepted),
+                }
+            }
+            "--subscribers" => {
+                c.subscribers = int(f, &v, 1usize, 1_000_000, "an integer from 1 to 1000000")
+            }
+            "--publishers" => {
+                c.publishers = int(f, &v, 1usize, MAX_PUBLISHERS, "an integer from 1 to 999")
+            }
+            "--rate" => {
+                c.rate = float(
+                    f,
+                    &v,
+                    0.0,
+                    1e10,
+                    "messages per second >= 0 (0 = as fast as possible)",
+                )
+            }
+            "--size" => c.size = int(f, &v, MIN_SIZE, MAX_SIZE, "bytes from 40 to 1048576"),
+            "--duration" => {
+                c.duration = secs(f, &v, 0.001, "seconds > 0 (fractions allowed)");
+                if c.duration.is_zero() {
+                    bad(f, &v, "seconds > 0");
+                }
+                c.duration_given = true;
+            }
+            "--warmup" => c.warmup = secs(f, &v, 0.0, "seconds >= 0"),
+            "--drain" => c.drain = secs(f, &v, 0.0, "seconds >= 0"),
+            "--connect-rate" => {
+                c.connect_rate = float(f, &v, 1.0, 1e7, "connections per second >= 1")
+            }
+            "--recv-threads" => c.recv_threads = int(f, &v, 1usize, 16, "an integer from 1 to 16"),
+            "--json" => {
+                if v.is_empty() {
+                    bad(f, &v, "a file path or - for stdout");
+                }
+                c.json = Some(v)
+            }
+            "--scenario" => {
+                c.scenario = match v.as_str() {
+                    "fanout" => Scenario::Fanout,
+                    "storm" => Scenario::Storm,
+                    "slow" => Scenario::Slow,
+                    _ => bad(f, &v, "one of fanout, storm, slow"),
+                }
+            }
+            "--channel" => {
+                let ok = !v.is_empty()
+                    && v.len() <= 200
+                    && v.bytes().all(|b| b.is_ascii_graphic() && b != b'@');
+                if !ok {
+                    bad(
+                        f,
+                        &v,
+                        "1-200 printable ASCII characters, no spaces and no '@'",
+                    );
+                }
+                c.channel = v
+            }
+            "--cycles" => c.cycles = Some(int(f, &v, 1u64, u64::MAX, "an integer >= 1")),
+            "--storm-concurrency" => {
+                c.storm_concurrency = int(f, &v, 1usize, 4096, "an integer from 1 to 4096")
+            }
+            "--storm-send" => {
+                c.storm_send = match v.as_str() {
+                    "yes" | "1" | "true" | "on" => true,
+                    "no" | "0" | "false" | "off" => false,
+                    _ => bad(f, &v, "yes or no"),
+                }
+            }
+            "--server-pid" => c.server_pid = Some(int(f, &v, 1u32, u32::MAX, "a process id")),
+            "--slow" => {
+                c.slow = int(f, &v, 0usize, 1_000_000, "an integer >= 0");
+            }
+            "--slow-bytes-per-sec" => {
+                c.slow_bytes_per_sec = int(
+                    f,
+                    &v,
+                    0u64,
+                    u64::MAX,
+                    "bytes per second >= 0 (0 = never read)",
+                )
+            }
+            _ => unreachable!(),
+        }
+    }
+    if c.scenario == Scenario::Slow {
+        if c.slow > c.subscribers {
+            bad(
+                "--slow",
+                &c.slow.to_string(),
+                &format!("at most --subscribers ({})", c.subscribers),
+            );
+        }
+    } else {
+        // --slow only means something in the slow scenario.
+        c.slow = 0;
+    }
+    c
+}

@@ -1,0 +1,544 @@
+//! The `fanout` and `slow` scenarios: N subscribers (K of them slow, plain sockets), P
+//! publishers, a warm-up, a measured window, a drain, then the numbers.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cli::{Config, Proto, Scenario};
+use super::publish::{self, PubCounters, Timing};
+use super::recv::{self, new_histogram, Receiver, Shared};
+use super::report::Report;
+use super::sys::{connect, now_ns, secs_ns, sleep_until};
+use super::wire::subscribe_command;
+
+const SEC: u64 = 1_000_000_000;
+
+/// Connects `n` sockets at `rate` per second, sending `hello` on each; progress on stderr.
+/// Stops early (returning what it has) when the first 100 attempts all failed.
+fn connect_paced(
+    cfg: &Config,
+    n: usize,
+    label: &str,
+    hello: &[u8],
+    mut each: impl FnMut(TcpStream),
+) -> (usize, usize) {
+    let (mut ok, mut failed) = (0usize, 0usize);
+    let t0 = now_ns();
+    let mut next_report = t0 + SEC;
+    let mut first_error = true;
+    for i in 0..n {
+        sleep_until(t0 + (i as f64 * 1e9 / cfg.connect_rate) as u64);
+        let res = connect(&cfg.addr, Duration::from_secs(3)).and_then(|mut s| {
+            if !hello.is_empty() {
+                s.write_all(hello)?;
+            }
+            Ok(s)
+        });
+        match res {
+            Ok(s) => {
+                ok += 1;
+                each(s);
+            }
+            Err(e) => {
+                if first_error {
+                    eprintln!("connect to {} failed: {e}", cfg.addr);
+                    first_error = false;
+                }
+                failed += 1;
+                if ok == 0 && failed >= 100 {
+                    eprintln!("giving up: the first {failed} connection attempts all failed");
+                    return (ok, failed);
+                }
+            }
+        }
+        let now = now_ns();
+        if now >= next_report {
+            eprintln!("connecting {label} {}/{n} (failed {failed})", i + 1);
+            next_report = now + SEC;
+        }
+    }
+    if n >= 1000 || now_ns() - t0 > SEC {
+        eprintln!("connected {label} {ok}/{n} (failed {failed})");
+    }
+    (ok, failed)
+}
+
+struct SlowResult {
+    /// Disconnect instants (CLOCK_MONOTONIC ns), one per slow subscriber the server dropped.
+    disconnects: Vec<u64>,
+    resets: u64,
+    /// Disconnects seen only in the server's row of /proc/net/tcp (its FIN could not reach us).
+    kernel_view: u64,
+    bytes_read: u64,
+}
+
+/// Slow subscribers: plain sockets read at `bps` bytes/s each (0 = never), polled every 10 ms
+/// for the server's FIN or RST (POLLRDHUP/POLLHUP/POLLERR, seen even with unread data).
+///
+/// A server that closes a subscriber which never reads cannot get its FIN through (the FIN
+/// waits behind unsent data and a zero window), so when the server is on this machine
+/// (`server_port`), the server's row in /proc/net/tcp is also checked every 250 ms: a server
+/// socket that left ESTABLISHED (or vanished) means the server has disconnected us.
+fn slow_thread(
+    streams: Vec<TcpStream>,
+    bps: u64,
+    stop: Arc<AtomicBool>,
+    hard_deadline: u64,
+    server_port: Option<u16>,
+) -> SlowResult {
+    let mut res = SlowResult {
+        disconnects: Vec::new(),
+        resets: 0,
+        kernel_view: 0,
+        bytes_read: 0,
+    };
+    let local_ports: Vec<u16> = streams
+        .iter()
+        .map(|s| s.local_addr().map_or(0, |a| a.port()))
+        .collect();
+    let mut seen_row = vec![false; streams.len()];
+    let mut rows: std::collections::HashMap<u16, bool> = std::collections::HashMap::new();
+    let mut turn = 0u64;
+    let mut alive: Vec<bool> = vec![true; streams.len()];
+    let mut credit: Vec<f64> = vec![0.0; streams.len()];
+    let mut scratch = vec![0u8; 64 << 10];
+    let mut pfds: Vec<libc::pollfd> = streams
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        })
+        .collect();
+    let mut last = now_ns();
+    // Bounded by the stop flag and a hard deadline.
+    while !stop.load(Relaxed) && now_ns() < hard_deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = now_ns();
+        let dt = (now - last) as f64 / 1e9;
+        last = now;
+        // Every 25th turn (250 ms).
+        turn = (turn + 1) % 25;
+        if let Some(port) = server_port.filter(|_| turn == 0) {
+            rows.clear();
+            super::sys::for_each_server_row(port, |remote, state| {
+                rows.insert(remote, state == "01");
+            });
+            for i in 0..pfds.len() {
+                if !alive[i] {
+                    continue;
+                }
+                match rows.get(&local_ports[i]) {
+                    Some(true) => seen_row[i] = true,
+                    Some(false) => {
+                        alive[i] = false;
+                        res.kernel_view += 1;
+                    }
+                    None if seen_row[i] => {
+                        alive[i] = false;
+                        res.kernel_view += 1;
+                    }
+                    None => {}
+                }
+                if !alive[i] {
+                    pfds[i].events = 0;
+                    pfds[i].fd = -1;
+                    res.disconnects.push(now);
+                }
+            }
+        }
+        for p in pfds.iter_mut() {
+            p.revents = 0;
+        }
+        // SAFETY: `pfds` is a live array of initialised pollfd of the given length.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 0) };
+        if r <= 0 {
+            continue;
+        }
+        for (i, p) in pfds.iter_mut().enumerate() {
+            if !alive[i] || p.revents == 0 {
+                continue;
+            }
+            let mut gone = p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+            if p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                res.resets += 1;
+            }
+            if !gone && bps > 0 && p.revents & libc::POLLIN != 0 {
+                credit[i] = (credit[i] + bps as f64 * dt).min(bps as f64);
+                let want = (credit[i] as usize).min(scratch.len());
+                if want > 0 {
+                    // SAFETY: reads at most `want` <= scratch.len() bytes into `scratch`.
+                    let n = unsafe {
+                        libc::recv(p.fd, scratch.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT)
+                    };
+                    if n > 0 {
+                        credit[i] -= n as f64;
+                        res.bytes_read += n as u64;
+                    } else if n == 0 {
+                        gone = true;
+                    } else {
+                        let e = std::io::Error::last_os_error().raw_os_error();
+                        if !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                            res.resets += 1;
+                            gone = true;
+                        }
+                    }
+                }
+            }
+            if gone {
+                alive[i] = false;
+                p.events = 0;
+                p.fd = -1;
+                res.disconnects.push(now);
+            }
+        }
+    }
+    drop(streams);
+    res
+}
+
+pub fn run(cfg: &Config) -> i32 {
+    let n_slow = if cfg.scenario == Scenario::Slow {
+        cfg.slow
+    } else {
+        0
+    };
+    let n_fast = cfg.subscribers - n_slow;
+    let shared = Shared::new(cfg.publishers);
+    let counters = Arc::new(PubCounters::default());
+    let hello = subscribe_command(cfg.proto, &cfg.channel);
+
+    // Receivers first: they arm a receive as soon as a socket is handed over.
+    let mut receivers: Vec<Receiver> = Vec::new();
+    if n_fast > 0 {
+        let k = cfg.recv_threads.min(n_fast);
+        for i in 0..k {
+            match recv::spawn(
+                i,
+                cfg.proto,
+                cfg.publishers,
+                n_fast.div_ceil(k),
+                shared.clone(),
+            ) {
+                Ok(r) => receivers.push(r),
+                Err(e) => {
+                    eprintln!("ringfan-load: {e}");
+                    return 1;
+                }
+            }
+        }
+    }
+
+    let mut slow_streams = Vec::new();
+    let (slow_ok, slow_failed) = connect_paced(cfg, n_slow, "slow subscribers", &hello, |s| {
+        slow_streams.push(s)
+    });
+    let slow_stop = Arc::new(AtomicBool::new(false));
+    let run_bound = secs_ns(
+        cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64() + cfg.drain.as_secs_f64() + 600.0,
+    );
+    let slow_join = (slow_ok > 0).then(|| {
+        let (stop, bps) = (slow_stop.clone(), cfg.slow_bytes_per_sec);
+        let deadline = now_ns() + run_bound;
+        let port = cfg.addr.ip().is_loopback().then_some(cfg.addr.port());
+        std::thread::spawn(move || slow_thread(slow_streams, bps, stop, deadline, port))
+    });
+
+    let mut next = 0usize;
+    let (fast_ok, fast_failed) = connect_paced(cfg, n_fast, "subscribers", &hello, |s| {
+        receivers[next % receivers.len()].add(s.into_raw_fd());
+        next += 1;
+    });
+    let conn_failed = slow_failed + fast_failed;
+    if fast_ok + slow_ok == 0 {
+        eprintln!("ringfan-load: no subscriber could connect to {}", cfg.addr);
+        shared.stop.store(true, Relaxed);
+        for r in receivers {
+            r.join();
+        }
+        return 1;
+    }
+
+    // Wait until every subscription is confirmed (ringfan: until each subscriber received one
+    // of the sync lines, which proves the server registered it).
+    let unconfirmed = wait_ready(cfg, &shared, fast_ok);
+
+    let (pubs, pub_failed) = publish::connect_all(cfg);
+    if pubs.is_empty() {
+        eprintln!("ringfan-load: no publisher could connect to {}", cfg.addr);
+        shared.stop.store(true, Relaxed);
+        slow_stop.store(true, Relaxed);
+        for r in receivers {
+            r.join();
+        }
+        return 1;
+    }
+
+    let start = now_ns();
+    let timing = Timing {
+        start,
+        measure_start: start + secs_ns(cfg.warmup.as_secs_f64()),
+        measure_end: start + secs_ns(cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64()),
+        reader_deadline: start + run_bound,
+    };
+    shared.measure_start.store(timing.measure_start, Relaxed);
+    let mut running = Vec::new();
+    for (id, s) in pubs {
+        match publish::start(id, s, cfg, &timing, shared.clone(), counters.clone()) {
+            Ok(p) => running.push(p),
+            Err(e) => {
+                eprintln!("publisher {id}: cannot start: {e}");
+                counters.errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    // Progress once a second until the end of the measured window.
+    let mut tick = start + SEC;
+    let (mut last_d, mut last_s) = (0u64, 0u64);
+    while tick <= timing.measure_end + SEC / 2 {
+        sleep_until(tick.min(timing.measure_end));
+        let now = now_ns();
+        let d = shared.delivered.load(Relaxed);
+        let s = counters.sent.load(Relaxed);
+        // The phase the second just reported mostly belonged to.
+        let phase = if now.saturating_sub(SEC / 2) < timing.measure_start {
+            "warmup"
+        } else {
+            "measure"
+        };
+        let secs = (now - start) as f64 / 1e9;
+        eprintln!(
+            "[{phase}] t={secs:.0}s delivered {} msg/s, published {} msg/s, disconnected {}",
+            d - last_d,
+            s - last_s,
+            shared.disconnected.load(Relaxed)
+        );
+        last_d = d;
+        last_s = s;
+        if now >= timing.measure_end {
+            break;
+        }
+        tick += SEC;
+    }
+
+    let mut kept = Vec::new();
+    let mut readers = Vec::new();
+    for p in running {
+        let (s, r) = p.join_writer();
+        kept.push(s);
+        readers.push(r);
+    }
+
+    // Drain: wait (at most --drain) until deliveries stop progressing for 300 ms.
+    let drain_end = now_ns() + secs_ns(cfg.drain.as_secs_f64());
+    let mut last_seen = shared.delivered.load(Relaxed);
+    let mut last_change = now_ns();
+    while now_ns() < drain_end {
+        std::thread::sleep(Duration::from_millis(50));
+        let d = shared.delivered.load(Relaxed);
+        if d != last_seen {
+            last_seen = d;
+            last_change = now_ns();
+        } else if now_ns() - last_change >= 300_000_000 {
+            break;
+        }
+    }
+
+    shared.stop.store(true, Relaxed);
+    let results: Vec<_> = receivers.into_iter().map(|r| r.join()).collect();
+    counters.stop_readers.store(true, Relaxed);
+    for r in readers {
+        let _ = r.join();
+    }
+    drop(kept);
+    slow_stop.store(true, Relaxed);
+    let slow = slow_join.and_then(|j| j.join().ok());
+
+    // Merge.
+    let mut hist = new_histogram();
+    let (mut msgs, mut lost_gaps, mut lost_tail, mut reordered, mut malformed) = (0, 0, 0, 0, 0);
+    let (mut eof, mut resets, mut never_ready, mut rearms, mut enobufs, mut pongs) =
+        (0, 0, 0, 0, 0, 0);
+    let mut failed = false;
+    for r in &results {
+        if let Some(e) = &r.error {
+            eprintln!("receiver: {e}");
+            failed = true;
+        }
+        let _ = hist.add(&r.hist);
+        msgs += r.msgs;
+        lost_gaps += r.lost_gaps;
+        lost_tail += r.lost_tail;
+        reordered += r.reordered;
+        malformed += r.malformed;
+        eof += r.eof;
+        resets += r.resets;
+        never_ready += r.never_ready;
+        rearms += r.rearms;
+        enobufs += r.enobufs;
+        pongs += r.pongs;
+    }
+    let dur = cfg.duration.as_secs_f64();
+    let published = counters.published.load(Relaxed);
+
+    let mut rep = Report::default();
+    rep.put("scenario", cfg.scenario.name())
+        .put("proto", cfg.proto.name())
+        .put("subs", cfg.subscribers as u64)
+        .put("pubs", cfg.publishers as u64)
+        .put("size", cfg.size as u64);
+    if cfg.rate > 0.0 && cfg.rate.fract() == 0.0 {
+        rep.put("rate", cfg.rate as u64);
+    } else if cfg.rate > 0.0 {
+        rep.put_f("rate", cfg.rate, 3);
+    } else {
+        rep.put("rate", "max");
+    }
+    rep.put_f("duration_s", dur, 3)
+        .put_f("delivered_msgs_per_s", msgs as f64 / dur, 1)
+        .put_f(
+            "delivered_mb_per_s",
+            msgs as f64 * cfg.size as f64 / dur / 1e6,
+            3,
+        );
+    let q = |v: f64| -> Option<f64> {
+        (!hist.is_empty()).then(|| hist.value_at_quantile(v) as f64 / 1e3)
+    };
+    for (k, v) in [("p50_us", 0.5), ("p99_us", 0.99), ("p999_us", 0.999)] {
+        match q(v) {
+            Some(x) => rep.put_f(k, x, 1),
+            None => rep.put(k, serde_json::Value::Null),
+        };
+    }
+    if !hist.is_empty() {
+        rep.put_f("max_us", hist.max() as f64 / 1e3, 1);
+    } else {
+        rep.put("max_us", serde_json::Value::Null);
+    }
+    rep.put("lost", lost_gaps + lost_tail)
+        .put("reordered", reordered)
+        .put("malformed", malformed)
+        .put("disconnected", eof + resets)
+        .put("conn_failed", conn_failed as u64)
+        .put("unconfirmed", unconfirmed as u64)
+        .put("published", published)
+        .put_f("published_msgs_per_s", published as f64 / dur, 1)
+        .put(
+            "pub_failed",
+            (pub_failed as u64) + counters.errors.load(Relaxed),
+        )
+        .put("delivered", msgs)
+        .put("expected", published * fast_ok as u64)
+        .put("lost_in_flight", lost_gaps)
+        .put("lost_at_end", lost_tail)
+        .put("fast_subs_connected", fast_ok as u64)
+        .put("eof", eof)
+        .put("resets", resets)
+        .put("never_confirmed", never_ready)
+        .put("recv_rearms", rearms)
+        .put("recv_enobufs", enobufs)
+        .put("sub_pongs", pongs);
+    if cfg.scenario == Scenario::Slow {
+        let times: Vec<f64> = slow
+            .as_ref()
+            .map(|s| {
+                s.disconnects
+                    .iter()
+                    .map(|&t| (t as f64 - start as f64) / 1e9)
+                    .collect()
+            })
+            .unwrap_or_default();
+        rep.put("slow", n_slow as u64)
+            .put("slow_connected", slow_ok as u64)
+            .put("slow_bytes_per_sec", cfg.slow_bytes_per_sec)
+            .put("slow_disconnected", times.len() as u64)
+            .put("slow_resets", slow.as_ref().map_or(0, |s| s.resets))
+            .put(
+                "slow_closed_unseen",
+                slow.as_ref().map_or(0, |s| s.kernel_view),
+            )
+            .put("slow_bytes_read", slow.as_ref().map_or(0, |s| s.bytes_read));
+        let mut sorted = times.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        match (sorted.first(), sorted.last()) {
+            (Some(&a), Some(&b)) => {
+                rep.put_f("slow_disc_first_s", a, 3)
+                    .put_f("slow_disc_median_s", sorted[sorted.len() / 2], 3)
+                    .put_f("slow_disc_last_s", b, 3);
+            }
+            _ => {
+                rep.put("slow_disc_first_s", serde_json::Value::Null)
+                    .put("slow_disc_median_s", serde_json::Value::Null)
+                    .put("slow_disc_last_s", serde_json::Value::Null);
+            }
+        }
+        let arr: Vec<serde_json::Value> = times
+            .iter()
+            .map(|t| {
+                serde_json::Number::from_f64((t * 1000.0).round() / 1000.0)
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+            })
+            .collect();
+        rep.put("slow_disconnect_times_s", serde_json::Value::Array(arr));
+    }
+    if !rep.emit(cfg.json.as_deref()) || failed {
+        return 1;
+    }
+    0
+}
+
+/// Waits until the subscribers' subscriptions are confirmed, or a deadline. Returns how many
+/// were not confirmed.
+fn wait_ready(cfg: &Config, shared: &Shared, connected: usize) -> usize {
+    if connected == 0 {
+        return 0;
+    }
+    let t0 = now_ns();
+    let deadline = t0 + (5 + connected as u64 / 1000).min(60) * SEC;
+    let mut sync = if cfg.proto == Proto::Ringfan {
+        connect(&cfg.addr, Duration::from_secs(3)).ok()
+    } else {
+        None
+    };
+    let mut scratch = vec![0u8; 16 << 10];
+    let mut next_report = t0 + SEC;
+    let settled = || {
+        shared.ready.load(Relaxed)
+            + shared.hs_failed.load(Relaxed)
+            + shared.disconnected.load(Relaxed)
+    };
+    // Bounded by the deadline.
+    while settled() < connected && now_ns() < deadline {
+        if let Some(s) = sync.as_mut() {
+            // A line without '@': ignored by every scanner; reaching a subscriber proves the
+            // server has registered it.
+            if s.write_all(b"ringfan-load sync\n").is_err() {
+                sync = None;
+            } else {
+                super::sys::drain_nonblocking(s.as_raw_fd(), &mut scratch);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if now_ns() >= next_report {
+            eprintln!(
+                "waiting for subscriptions {}/{connected}",
+                shared.ready.load(Relaxed)
+            );
+            next_report += SEC;
+        }
+    }
+    if let Some(s) = sync.as_ref() {
+        super::sys::drain_nonblocking(s.as_raw_fd(), &mut scratch);
+    }
+    drop(sync);
+    let missing = connected.saturating_sub(settled());
+    if missing > 0 {
+        eprintln!("warning: {missing} subscriptions not confirmed before the deadline");
+    }
+    missing
+}

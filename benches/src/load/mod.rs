@@ -1,0 +1,39 @@
+//! `ringfan-load`: the load generator (see `ringfan-load --help`).
+//!
+//! Layout: `cli` (flags), `wire` (payloads, protocol framing, handshakes, the marker scanner),
+//! `recv` (io_uring receiver threads for subscribers), `publish` (publisher threads),
+//! `fanout` (the fanout and slow scenarios), `storm` (connect/close churn), `report` (summary
+//! line and JSON), `sys` (clock, fd limit, socket options, /proc readers).
+//!
+//! How a run measures:
+//! - Every payload carries `@<publisher>:<seq>:<send_ts_ns>;` (CLOCK_MONOTONIC). A message is
+//!   *measured* when its send timestamp falls in the measured window (after the warm-up);
+//!   latency, delivered counts, `published`, `lost` and `reordered` all refer to measured
+//!   messages only.
+//! - `lost` = gaps in each (subscriber, publisher) seq stream inside the measured window, plus,
+//!   after the drain, every measured message a subscriber never got (`lost_at_end`), including
+//!   those of subscribers the server disconnected.
+//! - Before publishing, every subscription is confirmed: redis by its `subscribe` reply, NATS
+//!   by the `PONG` to a `PING` sent after `SUB`, ringfan by receiving one of the sync lines
+//!   (no `@` in them) the loader broadcasts through a helper connection.
+//!
+//! Known limits:
+//! - Subscribers on the ring answer NATS `PING`s, but a `PING` split across two receive buffers
+//!   goes unanswered (the server pings again; it drops a client only after two missed pings).
+//! - With `--rate 0` the publishers write as fast as the server reads; on a small machine that
+//!   usually outruns fan-out, so the server queues and may evict subscribers (they show up as
+//!   `disconnected` and `lost`). Use a fixed `--rate` for latency figures.
+//! - A message's batch is stamped once, just before its write; time a blocked write waits for
+//!   the server to read counts as latency.
+//! - Slow subscribers that never read cannot see a server's FIN (it waits behind unsent data);
+//!   for a server on this machine their disconnect is read from the server's socket state in
+//!   /proc/net/tcp (every 250 ms), `slow_closed_unseen` counts those.
+
+pub mod cli;
+pub mod fanout;
+pub mod publish;
+pub mod recv;
+pub mod report;
+pub mod storm;
+pub mod sys;
+pub mod wire;

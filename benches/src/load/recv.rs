@@ -1,0 +1,409 @@
+//! Subscriber receive path: io_uring receiver threads, each owning one `ring::Uring` and many
+//! sockets, with multishot recv into provided buffers. No allocation per message.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use memchr::memmem;
+use ring::{Doorbell, Driver, Op, RingConfig, Uring, UserData};
+
+use super::cli::Proto;
+use super::sys::{now_ns, send_nonblocking};
+use super::wire::{handshake, Event, Handshake, Scanner};
+
+/// State shared by the orchestrator, the publishers and the receivers.
+pub struct Shared {
+    pub stop: AtomicBool,
+    /// Every marker seen (warm-up included), for the per-second progress line.
+    pub delivered: AtomicU64,
+    pub ready: AtomicUsize,
+    pub hs_failed: AtomicUsize,
+    pub disconnected: AtomicUsize,
+    /// Messages sent at or after this instant are measured (u64::MAX until known).
+    pub measure_start: AtomicU64,
+    /// Per publisher: first seq sent in the measured window (0 = none yet).
+    pub first_measured: Vec<AtomicU64>,
+    /// Per publisher: last seq completely written (final once the publisher has stopped).
+    pub last_sent: Vec<AtomicU64>,
+}
+
+impl Shared {
+    pub fn new(publishers: usize) -> Arc<Self> {
+        Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+            ready: AtomicUsize::new(0),
+            hs_failed: AtomicUsize::new(0),
+            disconnected: AtomicUsize::new(0),
+            measure_start: AtomicU64::new(u64::MAX),
+            first_measured: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
+            last_sent: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // Nanoseconds, 1 ns .. 1 hour, 3 significant digits.
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("histogram bounds")
+}
+
+/// What one receiver thread measured.
+pub struct RecvResult {
+    pub hist: Histogram<u64>,
+    /// Markers of measured messages received.
+    pub msgs: u64,
+    pub lost_gaps: u64,
+    pub lost_tail: u64,
+    pub reordered: u64,
+    pub malformed: u64,
+    pub eof: u64,
+    pub resets: u64,
+    pub never_ready: u64,
+    pub rearms: u64,
+    pub enobufs: u64,
+    pub pongs: u64,
+    pub error: Option<String>,
+}
+
+pub struct Receiver {
+    tx: mpsc::Sender<RawFd>,
+    doorbell: Doorbell,
+    join: JoinHandle<RecvResult>,
+}
+
+impl Receiver {
+    /// Hands a connected socket (subscribe command already sent) to this receiver.
+    pub fn add(&self, fd: RawFd) {
+        if self.tx.send(fd).is_ok() {
+            self.doorbell.ring();
+        } else {
+            // SAFETY: the receiver is gone; we still own the fd.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    pub fn join(self) -> RecvResult {
+        let Receiver { tx, doorbell, join } = self;
+        drop(tx);
+        doorbell.ring();
+        join.join()
+            .unwrap_or_else(|_| RecvResult::failed("receiver thread panicked".into()))
+    }
+}
+
+impl RecvResult {
+    fn failed(error: String) -> Self {
+        RecvResult {
+            hist: new_histogram(),
+            msgs: 0,
+            lost_gaps: 0,
+            lost_tail: 0,
+            reordered: 0,
+            malformed: 0,
+            eof: 0,
+            resets: 0,
+            never_ready: 0,
+            rearms: 0,
+            enobufs: 0,
+            pongs: 0,
+            error: Some(error),
+        }
+    }
+}
+
+struct Conn {
+    fd: RawFd,
+    ready: bool,
+    alive: bool,
+    hs: Vec<u8>,
+    scanner: Scanner,
+}
+
+/// Counters and histogram updated for every marker.
+struct Acc {
+    hist: Histogram<u64>,
+    now: u64,
+    measure_start: u64,
+    all: u64,
+    msgs: u64,
+    lost: u64,
+    reordered: u64,
+    malformed: u64,
+}
+
+impl Acc {
+    #[inline]
+    fn on_event(&mut self, ev: Event, last: &mut [u64], first_measured: &[AtomicU64]) {
+        let m = match ev {
+            Event::Marker(m) => m,
+            Event::Malformed => {
+                self.malformed += 1;
+                return;
+            }
+        };
+        let p = m.publisher as usize;
+        if p >= last.len() || m.seq == 0 {
+            self.malformed += 1;
+            return;
+        }
+        self.all += 1;
+        let prev = last[p];
+        if m.ts >= self.measure_start {
+            self.msgs += 1;
+            let _ = self.hist.record(self.now.saturating_sub(m.ts).max(1));
+            if m.seq <= prev {
+                self.reordered += 1;
+                return;
+            }
+            let fm = first_measured[p].load(Relaxed).max(1);
+            let from = (prev + 1).max(fm);
+            if m.seq > from {
+                self.lost += m.seq - from;
+            }
+        } else if m.seq <= prev {
+            return;
+        }
+        last[p] = m.seq;
+    }
+}
+
+/// Ring sizing for `conns` sockets: enough provided buffers that one loop turn rarely runs
+/// out (each completion takes a whole buffer), about 64 MiB of buffers at most.
+fn ring_config(conns: usize) -> RingConfig {
+    let buffers = (conns * 2).next_power_of_two().clamp(1024, 16384);
+    let bytes = (64usize << 20) / buffers;
+    let bytes = bytes.clamp(4096, 32768);
+    let cq = (buffers * 2 + conns).next_power_of_two().clamp(4096, 65536);
+    RingConfig {
+        sq_entries: 2048,
+        cq_entries: cq as u32,
+        recv_buffers: buffers as u16,
+        recv_buffer_bytes: bytes,
+    }
+}
+
+/// Starts a receiver thread sized for about `conns_hint` sockets. Fails if io_uring cannot be
+/// set up (the error names cause and fix).
+pub fn spawn(
+    index: usize,
+    proto: Proto,
+    publishers: usize,
+    conns_hint: usize,
+    shared: Arc<Shared>,
+) -> Result<Receiver, String> {
+    let (tx, rx) = mpsc::channel::<RawFd>();
+    let (btx, brx) = mpsc::sync_channel::<Result<Doorbell, String>>(1);
+    let join = std::thread::Builder::new()
+        .name(format!("recv-{index}"))
+        .spawn(move || {
+            let mut drv = match Uring::new(&ring_config(conns_hint)) {
+                Ok(d) => d,
+                Err(e) => {
+                    let msg = e.to_string();
+                    let _ = btx.send(Err(msg.clone()));
+                    return RecvResult::failed(msg);
+                }
+            };
+            let _ = btx.send(Ok(drv.doorbell()));
+            run(&mut drv, rx, proto, publishers, &shared)
+        })
+        .map_err(|e| format!("cannot start receiver thread: {e}"))?;
+    match brx.recv() {
+        Ok(Ok(doorbell)) => Ok(Receiver { tx, doorbell, join }),
+        Ok(Err(e)) => {
+            let _ = join.join();
+            Err(e)
+        }
+        Err(_) => Err("receiver thread died during setup".into()),
+    }
+}
+
+fn run(
+    drv: &mut Uring,
+    rx: mpsc::Receiver<RawFd>,
+    proto: Proto,
+    publishers: usize,
+    shared: &Shared,
+) -> RecvResult {
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut last: Vec<u64> = Vec::new();
+    let mut cqes = Vec::with_capacity(8192);
+    let ping = memmem::Finder::new(b"PING\r\n");
+    let mut acc = Acc {
+        hist: new_histogram(),
+        now: 0,
+        measure_start: u64::MAX,
+        all: 0,
+        msgs: 0,
+        lost: 0,
+        reordered: 0,
+        malformed: 0,
+    };
+    let (mut eof, mut resets, mut rearms, mut enobufs, mut pongs) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut error = None;
+    let mut reported_all = 0u64;
+    // Bounded: ends when the orchestrator sets `stop` (it always does), or on a ring error.
+    loop {
+        while let Ok(fd) = rx.try_recv() {
+            let slot = conns.len() as u32;
+            conns.push(Conn {
+                fd,
+                ready: false,
+                alive: true,
+                hs: Vec::new(),
+                scanner: Scanner::default(),
+            });
+            last.resize(last.len() + publishers, 0);
+            drv.recv_multi(fd, UserData::new(slot, 0, Op::Recv));
+        }
+        if shared.stop.load(Relaxed) {
+            break;
+        }
+        if let Err(e) = drv.submit_and_wait(Duration::from_millis(100)) {
+            error = Some(format!("io_uring_enter failed: {e}"));
+            break;
+        }
+        cqes.clear();
+        drv.completions(&mut cqes);
+        acc.measure_start = shared.measure_start.load(Relaxed);
+        for c in &cqes {
+            if c.user_data.op() != Some(Op::Recv) {
+                continue;
+            }
+            let idx = c.user_data.slot() as usize;
+            let Some(conn) = conns.get_mut(idx) else {
+                if let Some(id) = c.buffer {
+                    drv.recycle(id);
+                }
+                continue;
+            };
+            if let Some(id) = c.buffer {
+                if c.result > 0 {
+                    let data = drv.buffer(id, c.result as usize);
+                    acc.now = now_ns();
+                    let last = &mut last[idx * publishers..(idx + 1) * publishers];
+                    let fm = &shared.first_measured[..];
+                    if conn.ready {
+                        conn.scanner.feed(data, |ev| acc.on_event(ev, last, fm));
+                    } else if proto == Proto::Ringfan {
+                        conn.ready = true;
+                        shared.ready.fetch_add(1, Relaxed);
+                        conn.scanner.feed(data, |ev| acc.on_event(ev, last, fm));
+                    } else {
+                        conn.hs.extend_from_slice(data);
+                        match handshake(proto, &conn.hs) {
+                            Handshake::Pending if conn.hs.len() > 1 << 16 => {
+                                // Something we do not understand: stop waiting, scan from here.
+                                conn.ready = true;
+                                conn.hs = Vec::new();
+                                shared.hs_failed.fetch_add(1, Relaxed);
+                            }
+                            Handshake::Pending => {}
+                            Handshake::Ready(off) => {
+                                conn.ready = true;
+                                shared.ready.fetch_add(1, Relaxed);
+                                let hs = std::mem::take(&mut conn.hs);
+                                conn.scanner
+                                    .feed(&hs[off..], |ev| acc.on_event(ev, last, fm));
+                            }
+                            Handshake::Failed(line) => {
+                                if shared.hs_failed.fetch_add(1, Relaxed) == 0 {
+                                    eprintln!("subscriber handshake failed: {line}");
+                                }
+                                conn.ready = true;
+                                conn.hs = Vec::new();
+                            }
+                        }
+                    }
+                    // NATS servers ping idle-looking clients; answer so long runs survive.
+                    // A PING split across two buffers is missed (the server pings again).
+                    if proto == Proto::Nats
+                        && conn.ready
+                        && ping.find(data).is_some()
+                        && send_nonblocking(conn.fd, b"PONG\r\n")
+                    {
+                        pongs += 1;
+                    }
+                }
+                drv.recycle(id);
+            }
+            if !c.more && conn.alive {
+                let r = c.result;
+                if r > 0
+                    || r == -libc::ENOBUFS
+                    || r == -libc::ECANCELED
+                    || r == -libc::EINTR
+                    || r == -libc::EAGAIN
+                {
+                    if r == -libc::ENOBUFS {
+                        enobufs += 1;
+                    }
+                    rearms += 1;
+                    drv.recv_multi(conn.fd, c.user_data);
+                } else {
+                    conn.alive = false;
+                    if r == 0 {
+                        eof += 1;
+                    } else {
+                        resets += 1;
+                    }
+                    shared.disconnected.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        if acc.all != reported_all {
+            shared.delivered.fetch_add(acc.all - reported_all, Relaxed);
+            reported_all = acc.all;
+        }
+    }
+    // Messages of the measured window that never arrived.
+    let mut lost_tail = 0u64;
+    let mut never_ready = 0u64;
+    for (i, conn) in conns.iter().enumerate() {
+        if !conn.ready {
+            never_ready += 1;
+        }
+        for p in 0..publishers {
+            let fm = shared.first_measured[p].load(Relaxed);
+            let ls = shared.last_sent[p].load(Relaxed);
+            if fm == 0 || ls < fm {
+                continue;
+            }
+            let seen = last[i * publishers + p].max(fm - 1);
+            lost_tail += ls.saturating_sub(seen);
+        }
+    }
+    let fds: Vec<RawFd> = conns.iter().map(|c| c.fd).collect();
+    RecvResult {
+        hist: acc.hist,
+        msgs: acc.msgs,
+        lost_gaps: acc.lost,
+        lost_tail,
+        reordered: acc.reordered,
+        malformed: acc.malformed,
+        eof,
+        resets,
+        never_ready,
+        rearms,
+        enobufs,
+        pongs,
+        error,
+    }
+    .with_closed(fds)
+}
+
+impl RecvResult {
+    /// Closes the sockets. The ring (dropped by the caller's thread exit) may still hold
+    /// multishot receives on them; closing the fd table entries is harmless either way.
+    fn with_closed(self, fds: Vec<RawFd>) -> Self {
+        for fd in fds {
+            // SAFETY: these fds were handed to this thread, which owns them and closes each once.
+            unsafe { libc::close(fd) };
+        }
+        self
+    }
+}

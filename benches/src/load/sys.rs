@@ -1,0 +1,206 @@
+//! Small OS helpers: the monotonic clock, fd limits, socket options.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one machine.
+#[inline]
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the live local `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sleeps until the monotonic clock reaches `deadline_ns` (returns at once if it has).
+pub fn sleep_until(deadline_ns: u64) {
+    let now = now_ns();
+    if deadline_ns > now {
+        std::thread::sleep(Duration::from_nanos(deadline_ns - now));
+    }
+}
+
+pub fn secs_ns(secs: f64) -> u64 {
+    (secs * 1e9).max(0.0) as u64
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    // SAFETY: getrlimit/setrlimit read and write the live local `rl`.
+    unsafe {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 0;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur as u64;
+            }
+        }
+        rl.rlim_cur as u64
+    }
+}
+
+pub fn connect(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    TcpStream::connect_timeout(addr, timeout)
+}
+
+/// SO_LINGER {1, 0}: the next close sends RST instead of FIN.
+pub fn set_linger_zero(s: &TcpStream) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &l)
+}
+
+fn setsockopt<T>(fd: RawFd, level: i32, name: i32, v: &T) -> io::Result<()> {
+    // SAFETY: passes a pointer to a live `T` and its exact size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reads and discards whatever is readable now, without blocking. Returns false on EOF/error.
+pub fn drain_nonblocking(fd: RawFd, scratch: &mut [u8]) -> bool {
+    for _ in 0..64 {
+        // SAFETY: reads into the live `scratch` buffer, at most its length.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return false;
+        }
+        let e = io::Error::last_os_error().raw_os_error();
+        return matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR));
+    }
+    true
+}
+
+/// Sends `bytes` without blocking; best effort (used for tiny protocol replies such as PONG).
+pub fn send_nonblocking(fd: RawFd, bytes: &[u8]) -> bool {
+    // SAFETY: sends from the live `bytes` slice.
+    let n = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    n == bytes.len() as isize
+}
+
+/// Number of entries in /proc/PID/fd, if readable.
+pub fn count_fds(pid: u32) -> Option<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count())
+}
+
+/// Server-side TCP states: rows of /proc/net/tcp{,6} whose local port is `port`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStates {
+    pub established: u64,
+    pub syn_recv: u64,
+    pub fin_wait1: u64,
+    pub fin_wait2: u64,
+    pub time_wait: u64,
+    pub close_wait: u64,
+    pub last_ack: u64,
+    pub closing: u64,
+    pub listen: u64,
+    pub other: u64,
+}
+
+impl TcpStates {
+    /// Connections not yet fully closed on the server's side (TIME_WAIT and LISTEN excluded).
+    pub fn open(&self) -> u64 {
+        self.established
+            + self.syn_recv
+            + self.fin_wait1
+            + self.fin_wait2
+            + self.close_wait
+            + self.last_ack
+            + self.closing
+    }
+}
+
+/// Calls `f(remote_port, state)` for every row of /proc/net/tcp{,6} whose local port is `port`
+/// (the server's side of each connection to it). `state` is the kernel's hex state, e.g. "01".
+pub fn for_each_server_row(port: u16, mut f: impl FnMut(u16, &str)) {
+    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let mut cols = line.split_whitespace();
+            let (Some(_sl), Some(local), Some(rem), Some(state)) =
+                (cols.next(), cols.next(), cols.next(), cols.next())
+            else {
+                continue;
+            };
+            let Some(p) = local
+                .rsplit(':')
+                .next()
+                .and_then(|h| u16::from_str_radix(h, 16).ok())
+            else {
+                continue;
+            };
+            if p != port {
+                continue;
+            }
+            let remote = rem
+                .rsplit(':')
+                .next()
+                .and_then(|h| u16::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
+            f(remote, state);
+        }
+    }
+}
+
+pub fn tcp_states(port: u16) -> TcpStates {
+    let mut st = TcpStates::default();
+    for_each_server_row(port, |_, state| match state {
+        "01" => st.established += 1,
+        "03" => st.syn_recv += 1,
+        "04" => st.fin_wait1 += 1,
+        "05" => st.fin_wait2 += 1,
+        "06" => st.time_wait += 1,
+        "08" => st.close_wait += 1,
+        "09" => st.last_ack += 1,
+        "0B" => st.closing += 1,
+        "0A" => st.listen += 1,
+        _ => st.other += 1,
+    });
+    st
+}
