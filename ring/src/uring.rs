@@ -310,6 +310,27 @@ impl Uring {
         }
     }
 
+    /// ETIME: a wait's timeout passed with nothing ready. EINTR: a signal. EBUSY: completions
+    /// are backed up; the caller reaps next. EAGAIN: the kernel was short of memory for a moment.
+    /// None of them is a failure; anything else is.
+    fn enter_result(&mut self, result: io::Result<usize>) -> io::Result<()> {
+        self.note_overflow();
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                self.stats.enter_retries += 1;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn note_overflow(&mut self) {
         let overflow = self.ring.submission().cq_overflow();
         if overflow && !self.overflow_seen {
@@ -380,41 +401,12 @@ impl Driver for Uring {
             .nsec(timeout.subsec_nanos());
         let args = types::SubmitArgs::new().timespec(&ts);
         let result = self.ring.submitter().submit_with_args(1, &args);
-        self.note_overflow();
-        match result {
-            Ok(_) => Ok(()),
-            // ETIME: the timeout passed with nothing ready. EINTR: a signal. EBUSY: completions
-            // are backed up; the caller reaps next. None of them is a failure.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME)) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
-                self.stats.enter_retries += 1;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        self.enter_result(result)
     }
 
     fn submit(&mut self) -> io::Result<()> {
         let result = self.ring.submit();
-        self.note_overflow();
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
-                self.stats.enter_retries += 1;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        self.enter_result(result)
     }
 
     fn completions(&mut self, out: &mut Vec<Completion>) {
