@@ -6,7 +6,7 @@
 //! on every core.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -96,15 +96,11 @@ impl Shared {
         let m = &self.mailboxes()[me];
         // Clear before draining: a batch sent after our last try_recv then sees `false` and rings.
         m.notified.store(false, Ordering::SeqCst);
-        loop {
-            match rx.try_recv() {
-                Ok(batch) => {
-                    let bytes: usize = batch.chunks.iter().map(|c| c.bytes.len()).sum();
-                    m.bytes.fetch_sub(bytes, Ordering::Relaxed);
-                    out.push(batch);
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        // Empty or disconnected (the senders live in `Shared`; only at exit) both end the drain.
+        while let Ok(batch) = rx.try_recv() {
+            let bytes: usize = batch.chunks.iter().map(|c| c.bytes.len()).sum();
+            m.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            out.push(batch);
         }
     }
 

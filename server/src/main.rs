@@ -1,15 +1,5 @@
 //! `ringfan`: a thread-per-core io_uring TCP broadcast server.
 
-mod config;
-mod conn;
-mod hub;
-mod metrics;
-mod net;
-mod stats;
-#[cfg(test)]
-mod transitions;
-mod worker;
-
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
@@ -19,10 +9,11 @@ use std::time::Duration;
 
 use ring::{Driver, RingConfig, Uring};
 
-use crate::config::Config;
-use crate::hub::Shared;
-use crate::stats::Stats;
-use crate::worker::Worker;
+use ringfan::config::{self, Config};
+use ringfan::hub::Shared;
+use ringfan::stats::Stats;
+use ringfan::worker::Worker;
+use ringfan::{metrics, net};
 
 /// Exit status for a configuration error (bad variable or argument).
 const EXIT_CONFIG: u8 = 2;

@@ -1,0 +1,12 @@
+//! The ringfan server as a library: the binary (`src/main.rs`) wires these together; benchmarks
+//! and tests drive the pieces directly.
+
+pub mod config;
+pub mod conn;
+pub mod hub;
+pub mod metrics;
+pub mod net;
+pub mod stats;
+#[cfg(test)]
+mod transitions;
+pub mod worker;
