@@ -17,11 +17,12 @@
 //! - A line longer than `RINGFAN_MAX_FRAME_BYTES` (the `\n` counts) is never broadcast: the client
 //!   gets `-ERR frame exceeds RINGFAN_MAX_FRAME_BYTES (<n>)\n`, then FIN.
 //! - A subscriber that lags behind the channel (`RecvError::Lagged`, or found lagging while its
-//!   socket is full) is evicted: FIN, then the connection is closed.
+//!   socket is full) is evicted: it gets the batch already in hand, then FIN.
 //! - Closing is graceful: on the peer's FIN the connection stops receiving, what was already
 //!   queued for it is flushed, then FIN; a connection whose write side ended first reads (and
-//!   discards) until the peer's FIN, bounded by 5 s. The socket is closed once both halves ended,
-//!   so no CLOSE_WAIT is left behind.
+//!   discards) until the peer's FIN. The socket is closed once both halves ended, so no
+//!   CLOSE_WAIT is left behind. Each of these waits is bounded by 5 s (ringfan's default
+//!   `RINGFAN_CLOSE_TIMEOUT_MS`); a flush that does not finish in time ends in a reset.
 //! - SIGINT/SIGTERM: stop accepting, flush every connection and send FIN, bounded by 2 s, exit 0.
 //!
 //! Configuration (environment): `RINGFAN_LISTEN` (default 127.0.0.1:7000, port 0 picks a free
@@ -220,7 +221,7 @@ fn spawn_connection(
     let rx = tx.subscribe();
     let (rd, wr) = stream.into_split();
     let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
-    let (writer_done_tx, writer_done_rx) = oneshot::channel::<()>();
+    let (writer_done_tx, writer_done_rx) = oneshot::channel::<bool>();
     tokio::spawn(reader(
         rd,
         id,
@@ -250,8 +251,8 @@ enum ReadEnd {
     /// Peer FIN or read error: the read half is over.
     Over,
     /// The connection is closing for another reason (protocol error, writer done): read and
-    /// discard until the peer's FIN.
-    DrainUntilFin,
+    /// discard until the peer's FIN. `writer_running`: the writer has not reported yet.
+    DrainUntilFin { writer_running: bool },
     /// Server shutdown: once the writer has flushed and sent FIN, discard what is readable and
     /// close without waiting for the peer (unread input would turn the close into a reset).
     Shutdown,
@@ -264,7 +265,7 @@ async fn reader(
     tx: broadcast::Sender<Msg>,
     max_frame_bytes: usize,
     stop: oneshot::Sender<Stop>,
-    mut writer_done: oneshot::Receiver<()>,
+    mut writer_done: oneshot::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
@@ -283,7 +284,12 @@ async fn reader(
             let mut limited = (&mut buf).limit(READ_CHUNK);
             tokio::select! {
                 biased;
-                _ = &mut writer_done => break ReadEnd::DrainUntilFin,
+                r = &mut writer_done => match r {
+                    // The writer gave up (I/O error, or no flush within the close timeout): the
+                    // connection is reset, nothing to wait for.
+                    Ok(true) => break ReadEnd::Over,
+                    _ => break ReadEnd::DrainUntilFin { writer_running: false },
+                },
                 _ = shutdown.changed() => break ReadEnd::Shutdown,
                 r = rd.read_buf(&mut limited) => r,
             }
@@ -331,7 +337,9 @@ async fn reader(
             tell(Stop::TooLong(Bytes::from(format!(
                 "-ERR frame exceeds RINGFAN_MAX_FRAME_BYTES ({max_frame_bytes})\n"
             ))));
-            break ReadEnd::DrainUntilFin;
+            break ReadEnd::DrainUntilFin {
+                writer_running: true,
+            };
         }
         if n == READ_CHUNK {
             // More is likely waiting: let the fan-out (and other connections) run first.
@@ -344,12 +352,24 @@ async fn reader(
     let mut sink = vec![0u8; 16 * 1024];
     match end {
         ReadEnd::Over => {}
-        ReadEnd::DrainUntilFin => {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        ReadEnd::DrainUntilFin { writer_running } => {
+            let drain = async {
                 while let Ok(n) = rd.read(&mut sink).await {
                     if n == 0 {
                         break;
                     }
+                }
+            };
+            // Stop at once if the writer ends up resetting the connection.
+            let reset = async {
+                if !(writer_running && writer_done.await == Ok(true)) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                tokio::select! {
+                    _ = drain => {}
+                    _ = reset => {}
                 }
             })
             .await;
@@ -422,7 +442,7 @@ async fn writer(
     ctx: WriterCtx,
     mut rx: broadcast::Receiver<Msg>,
     mut stop: oneshot::Receiver<Stop>,
-    _writer_done: oneshot::Sender<()>,
+    writer_done: oneshot::Sender<bool>,
     _alive: mpsc::Sender<()>,
 ) {
     let mut batch = Batch {
@@ -476,14 +496,14 @@ async fn writer(
             break end;
         }
     };
+    // Whether the connection got everything it is owed, then our FIN.
     let closing = async {
         match end {
-            WriteEnd::Abort | WriteEnd::Reader(Stop::Abort) => {}
+            WriteEnd::Abort | WriteEnd::Reader(Stop::Abort) => false,
             WriteEnd::Evict | WriteEnd::Closed => {
                 // Finish the batch in hand (never a truncated line before the FIN).
-                if write_batch(&wr, &batch.items, &mut pos, None).await.is_ok() {
-                    let _ = wr.shutdown().await;
-                }
+                write_batch(&wr, &batch.items, &mut pos, None).await.is_ok()
+                    && wr.shutdown().await.is_ok()
             }
             WriteEnd::Reader(Stop::Fin) => finish(&mut wr, &ctx, &mut rx, None).await,
             WriteEnd::Reader(Stop::TooLong(line)) => {
@@ -491,8 +511,17 @@ async fn writer(
             }
         }
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-    // `_writer_done` dropped here tells the reader to stop broadcasting and wait for the FIN.
+    let graceful = tokio::time::timeout(CLOSE_TIMEOUT, closing)
+        .await
+        .unwrap_or(false);
+    if !graceful {
+        // Abortive close, like ringfan past RINGFAN_CLOSE_TIMEOUT_MS: RST rather than a FIN
+        // after a truncated line.
+        let _ = wr.as_ref().set_zero_linger();
+    }
+    // Tells the reader to stop broadcasting and wait for the peer's FIN (or, if not graceful, to
+    // drop its half at once).
+    let _ = writer_done.send(!graceful);
 }
 
 /// Flushes what was already queued for this connection when its read side ended (a snapshot:
@@ -502,7 +531,7 @@ async fn finish(
     ctx: &WriterCtx,
     rx: &mut broadcast::Receiver<Msg>,
     extra: Option<Bytes>,
-) {
+) -> bool {
     let mut queued = rx.len();
     let mut batch = Batch::default();
     while queued > 0 {
@@ -520,7 +549,7 @@ async fn finish(
             .await
             .is_err()
         {
-            return;
+            return false;
         }
         batch.clear();
     }
@@ -529,10 +558,10 @@ async fn finish(
             .await
             .is_err()
         {
-            return;
+            return false;
         }
     }
-    let _ = wr.shutdown().await;
+    wr.shutdown().await.is_ok()
 }
 
 /// Writes `items` from `pos` on with gathered writes (`writev`), resuming short writes. With
