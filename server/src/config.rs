@@ -24,6 +24,38 @@ pub struct Config {
     pub listen_backlog: i32,
     pub log: String,
     pub metrics_listen: Option<SocketAddr>,
+    pub slow_consumer: SlowConsumer,
+    /// Zero: off.
+    pub slow_consumer_timeout: Duration,
+    /// None: derived from RLIMIT_NOFILE at start (see `derive_max_connections`).
+    pub max_connections: Option<usize>,
+    /// Zero: keepalive off.
+    pub keepalive_secs: u32,
+    /// Zero: the kernel's default.
+    pub user_timeout_ms: u32,
+    pub publish_listen: Option<SocketAddr>,
+}
+
+/// What happens to a subscriber over its queue limit (or not draining for the timeout).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Evicted through the close state machine: what is queued is flushed, then FIN.
+    Disconnect,
+    /// Kept; new messages for it are dropped (and counted) while it is over.
+    Drop,
+}
+
+/// File descriptors kept free for everything but client connections: rings, eventfds,
+/// listeners, the spare fd, metrics, stdio, plus slack.
+pub fn fd_headroom(threads: usize) -> usize {
+    64 + 8 * threads
+}
+
+/// The default connection limit for an fd limit of `nofile`.
+pub fn derive_max_connections(nofile: u64, threads: usize) -> usize {
+    (nofile as usize)
+        .saturating_sub(fd_headroom(threads))
+        .max(1)
 }
 
 /// A variable's value was not acceptable. `Display` names the variable, the value and what is
@@ -68,6 +100,12 @@ const VARS: &[Var] = &[
     Var { name: "RINGFAN_RECV_BUFFER_BYTES", default: "16384", help: "size of each provided receive buffer" },
     Var { name: "RINGFAN_RING_ENTRIES", default: "4096", help: "io_uring submission queue entries per worker (completion queue: 4x)" },
     Var { name: "RINGFAN_LISTEN_BACKLOG", default: "4096", help: "listen(2) backlog of each worker's listener" },
+    Var { name: "RINGFAN_SLOW_CONSUMER", default: "disconnect", help: "subscriber over its queue limit: disconnect (evict, flush, FIN) or drop (keep it, drop its new messages)" },
+    Var { name: "RINGFAN_SLOW_CONSUMER_TIMEOUT_MS", default: "10000", help: "a subscriber whose queue has not drained for this long is slow even under the byte limit (0: off)" },
+    Var { name: "RINGFAN_MAX_CONNECTIONS", default: "open-file limit - headroom", help: "connections over this are sent -ERR server full and closed at once" },
+    Var { name: "RINGFAN_KEEPALIVE_SECS", default: "60", help: "TCP keepalive idle time, so a peer that vanished is found (0: off)" },
+    Var { name: "RINGFAN_USER_TIMEOUT_MS", default: "30000", help: "TCP_USER_TIMEOUT: unacknowledged data older than this resets the connection (0: kernel default)" },
+    Var { name: "RINGFAN_PUBLISH_LISTEN", default: "off", help: "if set, only connections accepted on this address:port may publish; lines from RINGFAN_LISTEN are discarded" },
     Var { name: "RINGFAN_METRICS_LISTEN", default: "off", help: "address:port serving Prometheus metrics at /metrics (e.g. 127.0.0.1:9100); unset or empty: off" },
     Var { name: "RINGFAN_LOG", default: "info", help: "log filter: error, warn, info, debug, trace (tracing EnvFilter syntax)" },
 ];
@@ -193,22 +231,64 @@ impl Config {
                 accepted: "a level (error, warn, info, debug, trace) or a tracing filter like ringfan=debug".into(),
             });
         }
-        let metrics_listen = match get("RINGFAN_METRICS_LISTEN").map(str::trim) {
-            None | Some("") => None,
-            Some(v) => Some(
-                v.to_socket_addrs()
+        let optional_addr = |name: &'static str| -> Result<Option<SocketAddr>, ConfigError> {
+            match get(name).map(str::trim) {
+                None | Some("") => Ok(None),
+                Some(v) => v
+                    .to_socket_addrs()
                     .ok()
                     .and_then(|mut a| a.next())
+                    .map(Some)
                     .ok_or_else(|| ConfigError {
-                        var: "RINGFAN_METRICS_LISTEN",
+                        var: name,
                         value: v.into(),
-                        accepted: "host:port, e.g. 127.0.0.1:9100, or empty for no metrics".into(),
-                    })?,
-            ),
+                        accepted: "host:port, e.g. 127.0.0.1:7001, or empty for off".into(),
+                    }),
+            }
+        };
+        let metrics_listen = optional_addr("RINGFAN_METRICS_LISTEN")?;
+        let slow_consumer = match get("RINGFAN_SLOW_CONSUMER").map(str::trim) {
+            None | Some("disconnect") => SlowConsumer::Disconnect,
+            Some("drop") => SlowConsumer::Drop,
+            Some(v) => {
+                return Err(ConfigError {
+                    var: "RINGFAN_SLOW_CONSUMER",
+                    value: v.into(),
+                    accepted: "disconnect or drop".into(),
+                })
+            }
+        };
+        let max_connections = match get("RINGFAN_MAX_CONNECTIONS") {
+            None => None,
+            Some(_) => Some(int("RINGFAN_MAX_CONNECTIONS", 0, 1, 100_000_000, "")? as usize),
         };
         Ok(Config {
             listen,
             metrics_listen,
+            slow_consumer,
+            slow_consumer_timeout: Duration::from_millis(int(
+                "RINGFAN_SLOW_CONSUMER_TIMEOUT_MS",
+                10_000,
+                0,
+                86_400_000,
+                " (milliseconds, 0: off)",
+            )?),
+            max_connections,
+            keepalive_secs: int(
+                "RINGFAN_KEEPALIVE_SECS",
+                60,
+                0,
+                86_400,
+                " (seconds, 0: off)",
+            )? as u32,
+            user_timeout_ms: int(
+                "RINGFAN_USER_TIMEOUT_MS",
+                30_000,
+                0,
+                86_400_000,
+                " (milliseconds, 0: kernel default)",
+            )? as u32,
+            publish_listen: optional_addr("RINGFAN_PUBLISH_LISTEN")?,
             threads: int("RINGFAN_THREADS", cores as u64, 1, 1024, "")? as usize,
             pin: flag("RINGFAN_PIN", true)?,
             echo: flag("RINGFAN_ECHO", true)?,
@@ -254,7 +334,9 @@ impl fmt::Display for Config {
             f,
             "listen={} threads={} pin={} echo={} max_frame_bytes={} send_queue_bytes_max={} \
              close_timeout_ms={} shutdown_timeout_ms={} read_budget_bytes={} recv_buffers={} \
-             recv_buffer_bytes={} ring_entries={} listen_backlog={}",
+             recv_buffer_bytes={} ring_entries={} listen_backlog={} slow_consumer={:?} \
+             slow_consumer_timeout_ms={} max_connections={} keepalive_secs={} user_timeout_ms={} \
+             publish_listen={} metrics_listen={}",
             self.listen,
             self.threads,
             self.pin,
@@ -267,7 +349,17 @@ impl fmt::Display for Config {
             self.recv_buffers,
             self.recv_buffer_bytes,
             self.ring_entries,
-            self.listen_backlog
+            self.listen_backlog,
+            self.slow_consumer,
+            self.slow_consumer_timeout.as_millis(),
+            self.max_connections
+                .map_or("derived".to_string(), |n| n.to_string()),
+            self.keepalive_secs,
+            self.user_timeout_ms,
+            self.publish_listen
+                .map_or("off".to_string(), |a| a.to_string()),
+            self.metrics_listen
+                .map_or("off".to_string(), |a| a.to_string())
         )
     }
 }

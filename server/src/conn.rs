@@ -141,6 +141,13 @@ pub struct Conn {
     pub lagging_since: Option<Instant>,
     /// When a send last moved bytes.
     pub last_send_progress: Option<Instant>,
+    /// When the queue last drained (a send progressed, or it went from empty to non-empty):
+    /// the slow-consumer timeout runs from here.
+    pub progress_at: Option<Instant>,
+    /// Lines dropped for this subscriber under the drop policy.
+    pub dropped_messages: u64,
+    /// Accepted on a listener whose connections may publish.
+    pub may_publish: bool,
 
     pub decoder: LineDecoder,
     /// Received buffers not yet decoded (fairness: bounded work per connection per loop turn).
@@ -180,6 +187,9 @@ impl Conn {
             latency_probe: None,
             lagging_since: None,
             last_send_progress: None,
+            progress_at: None,
+            dropped_messages: 0,
+            may_publish: true,
             decoder: LineDecoder::new(max_frame_bytes),
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -205,7 +215,10 @@ impl Conn {
 
     /// True while received lines are decoded and published.
     pub fn takes_input(&self) -> bool {
-        self.write == WriteHalf::Subscribed && self.read == ReadHalf::Open && !self.decoder.failed()
+        self.may_publish
+            && self.write == WriteHalf::Subscribed
+            && self.read == ReadHalf::Open
+            && !self.decoder.failed()
     }
 
     fn set_reason(&mut self, reason: CloseReason) {
@@ -345,6 +358,7 @@ impl<D: Driver> Worker<D> {
         conn.sent_total += sent as u64;
         if sent > 0 {
             conn.last_send_progress = Some(self.now);
+            conn.progress_at = Some(self.now);
         }
         if let Some((target, at)) = conn.latency_probe {
             if conn.sent_total >= target {
@@ -461,6 +475,7 @@ impl<D: Driver> Worker<D> {
             self.log_unexpected(Op::Close, -result);
         }
         self.generations[slot] = UserData::next_generation(self.generations[slot]);
+        self.shared.release();
         let reason = conn.reason.unwrap_or(CloseReason::IoError);
         self.stats.closed[reason as usize] += 1;
         self.stats.lost_bytes += conn.queue_bytes as u64;

@@ -39,16 +39,21 @@ pub struct Shared {
     /// decoded (TCP pushes back on them) until it drains.
     pub inbox_bytes_max: usize,
     pub shutdown: AtomicBool,
+    /// Connections held by all workers, against `max_connections`.
+    pub open_connections: AtomicUsize,
+    pub max_connections: usize,
     /// Workers that have published their last input during shutdown.
     pub quiesced: AtomicUsize,
     mailboxes: OnceLock<Vec<Mailbox>>,
 }
 
 impl Shared {
-    pub fn new(workers: usize, inbox_bytes_max: usize) -> Self {
+    pub fn new(workers: usize, inbox_bytes_max: usize, max_connections: usize) -> Self {
         Shared {
             workers,
             inbox_bytes_max,
+            open_connections: AtomicUsize::new(0),
+            max_connections,
             shutdown: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
             mailboxes: OnceLock::new(),
@@ -89,6 +94,21 @@ impl Shared {
                 m.doorbell.ring();
             }
         }
+    }
+
+    /// Takes a place for a new connection; false when the server is full.
+    pub fn admit(&self) -> bool {
+        let before = self.open_connections.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max_connections {
+            self.open_connections.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back the place of a closed connection.
+    pub fn release(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Moves every batch waiting for worker `me` into `out`, in order.

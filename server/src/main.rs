@@ -72,13 +72,18 @@ fn main() -> ExitCode {
 }
 
 fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    match net::raise_nofile_limit() {
-        Ok((old, new)) if old != new => {
-            tracing::info!("raised the open-file limit from {old} to {new}")
+    let nofile = match net::raise_nofile_limit() {
+        Ok((old, new)) => {
+            if old != new {
+                tracing::info!("raised the open-file limit from {old} to {new}");
+            }
+            new
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("could not raise RLIMIT_NOFILE: {e}"),
-    }
+        Err(e) => {
+            tracing::warn!("could not raise RLIMIT_NOFILE: {e}");
+            1024
+        }
+    };
     let features = match ring::probe() {
         Ok(f) => f,
         Err(e) => {
@@ -100,8 +105,29 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let (listeners, addr) =
         net::reuseport_listeners(cfg.listen, cfg.threads, cfg.listen_backlog)
             .map_err(|e| format!("cannot listen on {} (RINGFAN_LISTEN): {e}", cfg.listen))?;
+    let mut publish_listeners: Vec<Option<std::os::fd::OwnedFd>> =
+        (0..cfg.threads).map(|_| None).collect();
+    let mut publish_addr = None;
+    if let Some(paddr) = cfg.publish_listen {
+        let (ls, bound) = net::reuseport_listeners(paddr, cfg.threads, cfg.listen_backlog)
+            .map_err(|e| format!("cannot listen on {paddr} (RINGFAN_PUBLISH_LISTEN): {e}"))?;
+        publish_listeners = ls.into_iter().map(Some).collect();
+        publish_addr = Some(bound);
+    }
+    let max_connections = cfg
+        .max_connections
+        .unwrap_or_else(|| config::derive_max_connections(nofile, cfg.threads));
+    let headroom = config::fd_headroom(cfg.threads) as u64;
+    if (max_connections as u64).saturating_add(headroom) > nofile {
+        tracing::warn!(max_connections, nofile,
+            "RINGFAN_MAX_CONNECTIONS plus {headroom} fds of headroom exceeds the open-file limit: expect EMFILE (handled: waiting connections are refused) before the limit");
+    }
     let cfg = Arc::new(cfg);
-    let shared = Arc::new(Shared::new(cfg.threads, cfg.turn_input_bytes_max()));
+    let shared = Arc::new(Shared::new(
+        cfg.threads,
+        cfg.turn_input_bytes_max(),
+        max_connections,
+    ));
     let cores = if cfg.pin {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {
@@ -123,7 +149,9 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let start = Arc::new(Barrier::new(cfg.threads + 1));
     let mut senders = Vec::new();
     let mut handles = Vec::new();
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for (id, (listener, publish_listener)) in
+        listeners.into_iter().zip(publish_listeners).enumerate()
+    {
         let (tx, rx) = mpsc::channel();
         senders.push(tx);
         let (cfg, shared, ready_tx, start) =
@@ -148,7 +176,7 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 let _ = ready_tx.send(Ok((id, driver.doorbell())));
                 start.wait();
                 let metrics = cfg.metrics_listen.is_some();
-                let worker = Worker::new(id, cfg, driver, shared, rx, listener);
+                let worker = Worker::new(id, cfg, driver, shared, rx, listener, publish_listener);
                 if metrics {
                     worker.with_metrics().run()
                 } else {
@@ -183,6 +211,9 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     tracing::info!(%cfg, "ringfan starting");
     tracing::info!("io_uring: {features}");
     println!("ringfan listening on {addr}");
+    if let Some(p) = publish_addr {
+        println!("ringfan publishers on {p}");
+    }
     if let Some(bound) = metrics_addr {
         println!("ringfan metrics on http://{bound}/metrics");
     }

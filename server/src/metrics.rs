@@ -258,7 +258,7 @@ impl WorkerMetrics {
     pub fn publish<'a>(&self, s: &Stats, conns: impl Iterator<Item = &'a Conn>) {
         self.accepted.absolute(s.accepted);
         self.refused_limit.absolute(s.refused_limit);
-        self.refused_emfile.absolute(s.accept_emfile);
+        self.refused_emfile.absolute(s.refused_emfile);
         for (counter, v) in self.closed.iter().zip(s.closed) {
             counter.absolute(v);
         }

@@ -141,3 +141,83 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
         Ok((old as u64, lim.rlim_cur as u64))
     }
 }
+
+/// Options for every accepted connection: no Nagle; keepalive after `keepalive_secs` idle (then
+/// probes every `keepalive_secs / 6`, at least 1 s, 6 of them) so a vanished peer is found; and
+/// TCP_USER_TIMEOUT so unacknowledged data (or a zero window) cannot hold a socket forever.
+pub fn tune_accepted(fd: RawFd, keepalive_secs: u32, user_timeout_ms: u32) -> io::Result<()> {
+    set_nodelay(fd)?;
+    if keepalive_secs > 0 {
+        let interval = (keepalive_secs / 6).max(1) as i32;
+        setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32)?;
+        setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_KEEPIDLE,
+            &(keepalive_secs as i32),
+        )?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, &interval)?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, &6i32)?;
+    }
+    if user_timeout_ms > 0 {
+        setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            &(user_timeout_ms as i32),
+        )?;
+    }
+    Ok(())
+}
+
+/// Refuses an accepted connection: one line (best effort, it always fits an empty send buffer),
+/// then close, which sends FIN after it. Takes ownership of `fd`.
+pub fn refuse(fd: RawFd, line: &[u8]) {
+    // SAFETY: `fd` is an accepted socket we own; the buffer is live for the call; close ends our
+    // ownership and nothing else refers to the fd.
+    unsafe {
+        libc::send(
+            fd,
+            line.as_ptr().cast(),
+            line.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        );
+        libc::close(fd);
+    }
+}
+
+/// Switches O_NONBLOCK on `fd`.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we hold, with integer arguments only.
+    unsafe {
+        let flags = check(libc::fcntl(fd, libc::F_GETFL))?;
+        let flags = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        check(libc::fcntl(fd, libc::F_SETFL, flags)).map(drop)
+    }
+}
+
+/// `accept4` without blocking (the listener must be non-blocking): Ok(None) when the backlog is
+/// empty.
+pub fn accept_now(listener: RawFd) -> io::Result<Option<RawFd>> {
+    // SAFETY: null address pointers are allowed; the fd returned is owned by the caller.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd >= 0 {
+        return Ok(Some(fd));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Ok(None),
+        _ => Err(e),
+    }
+}

@@ -34,6 +34,12 @@ pub struct Stats {
     pub accept_emfile: u64,
     /// Connections refused at RINGFAN_MAX_CONNECTIONS.
     pub refused_limit: u64,
+    /// Connections accepted and refused while out of file descriptors.
+    pub refused_emfile: u64,
+    /// Bytes sent by connections that may not publish (RINGFAN_PUBLISH_LISTEN), discarded.
+    pub subscriber_bytes_discarded: u64,
+    /// Subscribers found slow by RINGFAN_SLOW_CONSUMER_TIMEOUT_MS (not draining).
+    pub slow_timeouts: u64,
     /// Lines not queued to a subscriber over its limit (drop policy).
     pub messages_dropped: u64,
     pub unexpected_errors: u64,
@@ -65,6 +71,9 @@ impl Stats {
         self.stalled_turns += o.stalled_turns;
         self.accept_emfile += o.accept_emfile;
         self.refused_limit += o.refused_limit;
+        self.refused_emfile += o.refused_emfile;
+        self.subscriber_bytes_discarded += o.subscriber_bytes_discarded;
+        self.slow_timeouts += o.slow_timeouts;
         self.messages_dropped += o.messages_dropped;
         self.unexpected_errors += o.unexpected_errors;
         self.driver.sq_full += o.driver.sq_full;
@@ -84,7 +93,7 @@ impl fmt::Display for Stats {
             " aborted={} close_timeouts={} shutdown_aborted={} lost_bytes={} stale_completions={} \
              messages_in={} messages_out={} bytes_in={} bytes_out={} bytes_discarded={} \
              protocol_errors={} evicted_slow={} recv_enobufs={} recv_paused={} backpressure_turns={} stalled_turns={} \
-             accept_emfile={} unexpected_errors={} sq_full={} cq_overflow={}",
+             accept_emfile={} refused_limit={} refused_emfile={} subscriber_bytes_discarded={} slow_timeouts={} messages_dropped={} unexpected_errors={} sq_full={} cq_overflow={}",
             self.aborted,
             self.close_timeouts,
             self.shutdown_aborted,
@@ -102,6 +111,11 @@ impl fmt::Display for Stats {
             self.backpressure_turns,
             self.stalled_turns,
             self.accept_emfile,
+            self.refused_limit,
+            self.refused_emfile,
+            self.subscriber_bytes_discarded,
+            self.slow_timeouts,
+            self.messages_dropped,
             self.unexpected_errors,
             self.driver.sq_full,
             self.driver.cq_overflow

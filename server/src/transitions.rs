@@ -122,12 +122,16 @@ impl Harness {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let cfg = Arc::new(Config::from_vars(&env).unwrap());
-        let shared = Arc::new(Shared::new(1, cfg.turn_input_bytes_max()));
+        let shared = Arc::new(Shared::new(
+            1,
+            cfg.turn_input_bytes_max(),
+            cfg.max_connections.unwrap_or(1000),
+        ));
         let (tx, rx) = std::sync::mpsc::channel();
         let script = Script::new();
         shared.set_mailboxes(vec![(tx, script.doorbell())]);
         let listener: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-        let mut w = Worker::new(0, cfg, script, shared, rx, listener);
+        let mut w = Worker::new(0, cfg, script, shared, rx, listener, None);
         w.start();
         let mut h = Harness {
             w,

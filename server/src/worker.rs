@@ -16,17 +16,31 @@ use protocol::Chunk;
 use ring::{Completion, Driver, Op, UserData};
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{Config, SlowConsumer};
 use crate::conn::{CloseReason, Closing, Conn, ReadEnd, ReadHalf, WriteHalf};
 use crate::hub::{Batch, BatchData, Shared};
 use crate::metrics::{WorkerMetrics, LATENCY_SAMPLE_INTERVAL, PUBLISH_INTERVAL};
 use crate::net;
 use crate::stats::Stats;
 
-/// Slot used in the listener's user_data; connection slots never reach it.
+/// Slots used in the listeners' user_data (`LISTENER_SLOT - index`); connection slots never
+/// reach them (the doorbell uses u32::MAX).
 const LISTENER_SLOT: u32 = u32::MAX - 1;
-const ACCEPT_UD: UserData = UserData::new(LISTENER_SLOT, 0, Op::Accept);
-const ACCEPT_CANCEL_UD: UserData = UserData::new(LISTENER_SLOT, 0, Op::Cancel);
+const REFUSAL_LINE: &[u8] = b"-ERR server full\n";
+
+/// One of the worker's listeners: 0 accepts subscribers (and publishers unless a publish
+/// listener is configured), 1 is the publish listener.
+struct Listener {
+    fd: Option<OwnedFd>,
+    armed: bool,
+    retry_at: Option<Instant>,
+    /// Connections accepted here may publish.
+    publishers: bool,
+}
+
+fn accept_ud(index: usize) -> UserData {
+    UserData::new(LISTENER_SLOT - index as u32, 0, Op::Accept)
+}
 
 /// Longest the loop sleeps when nothing is due; bounds how late a shutdown flag is noticed if a
 /// wake-up were ever lost.
@@ -56,11 +70,12 @@ pub struct Worker<D: Driver> {
     pub(crate) id: usize,
     pub(crate) cfg: Arc<Config>,
     pub(crate) driver: D,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     inbox: Receiver<Batch>,
-    listener: Option<OwnedFd>,
-    accept_armed: bool,
-    accept_retry_at: Option<Instant>,
+    listeners: Vec<Listener>,
+    /// Kept open to be closed when accept fails with EMFILE, so the waiting connections can be
+    /// accepted and refused instead of sitting in the backlog.
+    spare_fd: Option<std::fs::File>,
     pub(crate) conns: Slab<Conn>,
     /// Generation of each slot, kept across reuse.
     pub(crate) generations: Vec<u32>,
@@ -101,6 +116,7 @@ impl<D: Driver> Worker<D> {
         shared: Arc<Shared>,
         inbox: Receiver<Batch>,
         listener: OwnedFd,
+        publish_listener: Option<OwnedFd>,
     ) -> Self {
         Worker {
             id,
@@ -108,9 +124,16 @@ impl<D: Driver> Worker<D> {
             driver,
             shared,
             inbox,
-            listener: Some(listener),
-            accept_armed: false,
-            accept_retry_at: None,
+            listeners: std::iter::once((listener, publish_listener.is_none()))
+                .chain(publish_listener.map(|l| (l, true)))
+                .map(|(fd, publishers)| Listener {
+                    fd: Some(fd),
+                    armed: false,
+                    retry_at: None,
+                    publishers,
+                })
+                .collect(),
+            spare_fd: std::fs::File::open("/dev/null").ok(),
             conns: Slab::new(),
             generations: Vec::new(),
             subscribers: Vec::new(),
@@ -142,14 +165,16 @@ impl<D: Driver> Worker<D> {
         self
     }
 
-    fn listener_fd(&self) -> RawFd {
-        self.listener.as_ref().expect("listener open").as_raw_fd()
+    fn arm_accept(&mut self, index: usize) {
+        let l = &mut self.listeners[index];
+        debug_assert!(!l.armed);
+        l.armed = true;
+        let fd = l.fd.as_ref().expect("listener open").as_raw_fd();
+        self.driver.accept_multi(fd, accept_ud(index));
     }
 
-    fn arm_accept(&mut self) {
-        debug_assert!(!self.accept_armed);
-        self.accept_armed = true;
-        self.driver.accept_multi(self.listener_fd(), ACCEPT_UD);
+    fn accepting(&self) -> bool {
+        self.listeners.iter().any(|l| l.armed)
     }
 
     /// Runs until shutdown has closed every connection. Returns the worker's counters.
@@ -165,7 +190,9 @@ impl<D: Driver> Worker<D> {
     }
 
     pub(crate) fn start(&mut self) {
-        self.arm_accept();
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
     }
 
     /// One loop turn at time `now`. True once shutdown has closed everything.
@@ -181,18 +208,20 @@ impl<D: Driver> Worker<D> {
         self.advance_phase();
         self.fan_out();
         self.rearm_starved();
-        if self.phase == Phase::Running && !self.accept_armed {
-            if let Some(at) = self.accept_retry_at {
-                if self.now >= at {
-                    self.accept_retry_at = None;
-                    self.arm_accept();
-                }
+        for i in 0..self.listeners.len() {
+            let l = &mut self.listeners[i];
+            if self.phase == Phase::Running
+                && !l.armed
+                && l.retry_at.is_some_and(|at| self.now >= at)
+            {
+                l.retry_at = None;
+                self.arm_accept(i);
             }
         }
         self.expire_deadlines();
         self.submit_sends();
         self.publish_metrics();
-        self.phase == Phase::Draining && self.conns.is_empty() && !self.accept_armed
+        self.phase == Phase::Draining && self.conns.is_empty() && !self.accepting()
     }
 
     fn wait_time(&self) -> Duration {
@@ -212,7 +241,7 @@ impl<D: Driver> Worker<D> {
         if let Some(Reverse((t, _, _))) = self.deadlines.peek() {
             due(*t);
         }
-        if let Some(t) = self.accept_retry_at {
+        for t in self.listeners.iter().filter_map(|l| l.retry_at) {
             due(t);
         }
         if let Some(t) = self.shutdown_deadline {
@@ -246,9 +275,10 @@ impl<D: Driver> Worker<D> {
                 c
             ),
         };
-        if c.user_data.slot() == LISTENER_SLOT {
+        let listener = LISTENER_SLOT.wrapping_sub(c.user_data.slot()) as usize;
+        if listener < self.listeners.len() {
             return match op {
-                Op::Accept => self.on_accept(c),
+                Op::Accept => self.on_accept(listener, c),
                 Op::Cancel => {}
                 _ => unreachable!("listener completion for {op:?}"),
             };
@@ -283,47 +313,90 @@ impl<D: Driver> Worker<D> {
         }
     }
 
-    fn on_accept(&mut self, c: Completion) {
+    fn on_accept(&mut self, index: usize, c: Completion) {
         if !c.more {
-            self.accept_armed = false;
+            self.listeners[index].armed = false;
         }
         if c.result >= 0 {
-            // SAFETY: the kernel just gave us this fd; nothing else owns it.
-            let fd = c.result;
-            self.stats.accepted += 1;
-            if let Err(e) = net::set_nodelay(fd) {
-                self.log_unexpected_io("setsockopt(TCP_NODELAY)", &e);
-            }
-            let slot = self.conn_open(fd);
-            if self.phase >= Phase::Draining {
-                // Accepted while shutting down: greet it with a clean FIN.
-                self.conn_unsubscribe(slot, CloseReason::Shutdown);
-            }
+            self.on_accepted(index, c.result);
         } else {
             match -c.result {
                 libc::ECANCELED => {}
-                libc::EMFILE | libc::ENFILE => {
-                    self.stats.accept_emfile += 1;
-                    if self.stats.accept_emfile.is_power_of_two() {
-                        tracing::warn!(worker = self.id, count = self.stats.accept_emfile,
-                            "accept failed: out of file descriptors (EMFILE/ENFILE); retrying in {:?}", ACCEPT_BACKOFF);
-                    }
-                }
+                libc::EMFILE | libc::ENFILE => self.on_out_of_fds(index),
                 errno => self.log_unexpected(Op::Accept, errno),
             }
         }
-        if !self.accept_armed && self.phase == Phase::Running {
+        let l = &mut self.listeners[index];
+        if !l.armed && self.phase == Phase::Running {
             if c.result < 0 {
-                self.accept_retry_at = Some(self.now + ACCEPT_BACKOFF);
+                // EMFILE and unexpected errors: re-arming at once would fail again at once.
+                l.retry_at = Some(self.now + ACCEPT_BACKOFF);
             } else {
                 // Ended without error (e.g. completion-queue overflow): re-arm at once.
-                self.arm_accept();
+                self.arm_accept(index);
             }
         }
-        if !self.accept_armed && self.phase != Phase::Running {
+        let l = &mut self.listeners[index];
+        if !l.armed && self.phase != Phase::Running {
             // Final accept completion after the cancel: nothing refers to the listener any more.
-            self.listener = None;
+            l.fd = None;
         }
+    }
+
+    /// A new connection: refused if the server is full, else subscribed.
+    fn on_accepted(&mut self, index: usize, fd: RawFd) {
+        self.stats.accepted += 1;
+        if !self.shared.admit() {
+            // Never leave it waiting: one line, then FIN.
+            net::refuse(fd, REFUSAL_LINE);
+            self.stats.refused_limit += 1;
+            if self.stats.refused_limit.is_power_of_two() {
+                tracing::warn!(worker = self.id, refused = self.stats.refused_limit,
+                    "connection limit reached (RINGFAN_MAX_CONNECTIONS = {}): refusing new connections",
+                    self.shared.max_connections);
+            }
+            return;
+        }
+        if let Err(e) = net::tune_accepted(fd, self.cfg.keepalive_secs, self.cfg.user_timeout_ms) {
+            self.log_unexpected_io("setsockopt on an accepted connection", &e);
+        }
+        let slot = self.conn_open(fd);
+        self.conns[slot].may_publish = self.listeners[index].publishers;
+        if self.phase >= Phase::Draining {
+            // Accepted while shutting down: greet it with a clean FIN.
+            self.conn_unsubscribe(slot, CloseReason::Shutdown);
+        }
+    }
+
+    /// Accept failed with EMFILE/ENFILE: the connections stay in the listen backlog, where clients
+    /// would hang. Free the spare fd, accept and refuse everything waiting, take the spare back.
+    /// The caller re-arms accept after a back-off, so the condition costs no CPU while it lasts.
+    fn on_out_of_fds(&mut self, index: usize) {
+        self.stats.accept_emfile += 1;
+        if self.stats.accept_emfile.is_power_of_two() {
+            tracing::warn!(worker = self.id, times = self.stats.accept_emfile,
+                "out of file descriptors (EMFILE/ENFILE): refusing waiting connections, retrying accept every {:?}",
+                ACCEPT_BACKOFF);
+        }
+        let Some(fd) = self.listeners[index].fd.as_ref().map(|l| l.as_raw_fd()) else {
+            return;
+        };
+        self.spare_fd = None;
+        if net::set_nonblocking(fd, true).is_err() {
+            return;
+        }
+        // Bounded: at most the backlog's length per attempt.
+        for _ in 0..self.cfg.listen_backlog.max(1) {
+            match net::accept_now(fd) {
+                Ok(Some(conn)) => {
+                    net::refuse(conn, REFUSAL_LINE);
+                    self.stats.refused_emfile += 1;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = net::set_nonblocking(fd, false);
+        self.spare_fd = std::fs::File::open("/dev/null").ok();
     }
 
     fn on_recv(&mut self, slot: usize, c: Completion) {
@@ -355,8 +428,11 @@ impl<D: Driver> Worker<D> {
                     self.stats.recv_paused += 1;
                 }
             } else {
-                // Not publishing (draining, evicted, shutting down): read and discard, so the
-                // peer's FIN is still seen and its data never piles up.
+                // Not publishing (may not publish, draining, evicted, shutting down): read and
+                // discard at once, so the peer's FIN is still seen and nothing piles up.
+                if !conn.may_publish {
+                    self.stats.subscriber_bytes_discarded += len as u64;
+                }
                 self.stats.bytes_discarded += len as u64;
                 self.driver.recycle(id);
             }
@@ -542,9 +618,32 @@ impl<D: Driver> Worker<D> {
     /// marked for eviction and gets nothing more).
     fn deliver(&mut self, slot: usize, chunk: &Chunk) -> bool {
         let conn = &mut self.conns[slot];
-        if conn.queue_bytes + chunk.bytes.len() > self.cfg.send_queue_bytes_max {
-            self.evict.push(slot);
-            return false;
+        let over = conn.queue_bytes + chunk.bytes.len() > self.cfg.send_queue_bytes_max;
+        let timeout = self.cfg.slow_consumer_timeout;
+        let stuck = !timeout.is_zero()
+            && conn.queue_bytes > 0
+            && conn
+                .progress_at
+                .is_some_and(|t| self.now.saturating_duration_since(t) > timeout);
+        if over || stuck {
+            if stuck && !over {
+                self.stats.slow_timeouts += 1;
+            }
+            return match self.cfg.slow_consumer {
+                SlowConsumer::Disconnect => {
+                    self.evict.push(slot);
+                    false
+                }
+                SlowConsumer::Drop => {
+                    // Whole chunks only: the subscriber sees a gap, never a cut line.
+                    conn.dropped_messages += chunk.count as u64;
+                    self.stats.messages_dropped += chunk.count as u64;
+                    true
+                }
+            };
+        }
+        if conn.queue_bytes == 0 {
+            conn.progress_at = Some(self.now);
         }
         conn.queue_bytes += chunk.bytes.len();
         conn.queued_total += chunk.bytes.len() as u64;
@@ -762,12 +861,17 @@ impl<D: Driver> Worker<D> {
     fn advance_phase(&mut self) {
         match self.phase {
             Phase::Running if self.shared.shutdown.load(Ordering::Acquire) => {
-                if self.accept_armed {
-                    self.driver.cancel(ACCEPT_UD, ACCEPT_CANCEL_UD);
-                } else {
-                    self.listener = None;
+                for i in 0..self.listeners.len() {
+                    let l = &mut self.listeners[i];
+                    l.retry_at = None;
+                    if l.armed {
+                        let target = accept_ud(i);
+                        self.driver
+                            .cancel(target, UserData::new(target.slot(), 0, Op::Cancel));
+                    } else {
+                        l.fd = None;
+                    }
                 }
-                self.accept_retry_at = None;
                 // Publish everything already received, ignoring the per-turn budget.
                 while !self.ready.is_empty() {
                     self.decode_ready(usize::MAX, true);
