@@ -25,7 +25,7 @@ fn main() {
     // SAFETY: setting a signal disposition to SIG_IGN has no memory effects.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let code = match cfg.scenario {
-        Scenario::Fanout | Scenario::Slow => load::fanout::run(&cfg),
+        Scenario::Fanout | Scenario::Slow | Scenario::Idle => load::fanout::run(&cfg),
         Scenario::Storm => load::storm::run(&cfg),
     };
     std::process::exit(code);

@@ -26,6 +26,7 @@ pub enum Scenario {
     Fanout,
     Storm,
     Slow,
+    Idle,
 }
 
 impl Scenario {
@@ -34,6 +35,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Storm => "storm",
             Scenario::Slow => "slow",
+            Scenario::Idle => "idle",
         }
     }
 }
@@ -76,10 +78,13 @@ USAGE: ringfan-load [FLAGS]      (flags take `--flag VALUE` or `--flag=VALUE`)
 General:
   --proto ringfan|redis|nats   wire protocol (default ringfan)
   --addr HOST:PORT             server address (default 127.0.0.1:7000)
-  --scenario fanout|storm|slow (default fanout)
+  --scenario fanout|storm|slow|idle (default fanout)
   --json PATH                  also write a JSON summary to PATH; `-` = stdout (the key=value
                                line then goes to stderr, so stdout holds exactly one JSON line)
   --channel NAME               redis channel / NATS subject (default ringfan)
+  --server-pid PID             a server on this machine: also report its CPU time over the
+                               measured window (fanout, slow), its RSS (fanout, slow, idle), its
+                               open fds before and after (storm)
   -h, --help                   this text
 
 fanout / slow:
@@ -99,17 +104,29 @@ fanout / slow:
                                slow subscribers use plain sockets on their own thread; their
                                disconnects are reported in seconds after the publishers started
 
+idle:
+  --subscribers N              connect N subscribers (subscribed, per protocol), confirm every
+                               subscription, hold them idle for --duration, report. With
+                               --server-pid: the server's VmRSS before connecting and at the end,
+                               and (difference / connected) as rss_per_conn_bytes
+
 storm:
   --duration SECS              churn for this long (default 10) ...
   --cycles N                   ... or until N connect/close cycles are done
   --storm-concurrency C        threads doing cycles (default 50)
   --storm-send yes|no          ringfan: send one line per cycle (default yes)
-  --server-pid PID             also report the server's open fds (/proc/PID/fd) before and after
 
 Output: progress on stderr once a second; at the end ONE key=value summary line on stdout.
-Latency = receive time - send time (CLOCK_MONOTONIC), for messages sent after the warm-up.
-lost = measured messages a subscriber missed (gaps, and those still missing after the drain);
+delivered / delivered_msgs_per_s = messages received by all subscribers between the end of the
+warm-up and the end of the measured window, whenever they were sent (the steady-state receive
+rate; a backlog built during the warm-up counts, one delivered after the window does not).
+measured_delivered = messages sent in the measured window and received by the end of the drain.
+Latency = receive time - send time (CLOCK_MONOTONIC), for messages sent in the measured window.
+lost = messages sent in the measured window that a subscriber never received by the end of the
+drain (gaps, plus what was still missing; disconnected subscribers included);
 reordered = messages whose seq was not above the last one seen from that publisher.
+server_cpu_s (with --server-pid) = the server's user+system CPU over the measured window;
+server_cpu_s_per_m = that per million deliveries (delivered).
 Payload: `@<publisher>:<seq>:<send_ts_ns>;` + `x` padding + `\n` (S bytes, all protocols).
 Exit status: 0 ok, 2 bad usage, 1 run failure (e.g. no connection succeeded).
 ";
@@ -282,7 +299,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
                     "fanout" => Scenario::Fanout,
                     "storm" => Scenario::Storm,
                     "slow" => Scenario::Slow,
-                    _ => bad(f, &v, "one of fanout, storm, slow"),
+                    "idle" => Scenario::Idle,
+                    _ => bad(f, &v, "one of fanout, storm, slow, idle"),
                 }
             }
             "--channel" => {

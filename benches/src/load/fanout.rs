@@ -1,5 +1,6 @@
 //! The `fanout` and `slow` scenarios: N subscribers (K of them slow, plain sockets), P
-//! publishers, a warm-up, a measured window, a drain, then the numbers.
+//! publishers, a warm-up, a measured window, a drain, then the numbers. And `idle`: the same N
+//! subscribers, confirmed, held without traffic (for the server's memory per connection).
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -12,7 +13,7 @@ use super::cli::{Config, Proto, Scenario};
 use super::publish::{self, PubCounters, Timing};
 use super::recv::{self, new_histogram, Receiver, Shared};
 use super::report::Report;
-use super::sys::{connect, now_ns, secs_ns, sleep_until};
+use super::sys::{connect, now_ns, proc_cpu_secs, secs_ns, sleep_until, vm_rss_kib};
 use super::wire::subscribe_command;
 
 const SEC: u64 = 1_000_000_000;
@@ -209,6 +210,8 @@ pub fn run(cfg: &Config) -> i32 {
     };
     let n_fast = cfg.subscribers - n_slow;
     let shared = Shared::new(cfg.publishers);
+    // The server's memory with none of our connections yet (meaningful on a fresh server).
+    let rss_base = cfg.server_pid.and_then(vm_rss_kib);
     let counters = Arc::new(PubCounters::default());
     let hello = subscribe_command(cfg.proto, &cfg.channel);
 
@@ -267,6 +270,18 @@ pub fn run(cfg: &Config) -> i32 {
     // of the sync lines, which proves the server registered it).
     let unconfirmed = wait_ready(cfg, &shared, fast_ok);
 
+    if cfg.scenario == Scenario::Idle {
+        return idle_hold(
+            cfg,
+            &shared,
+            receivers,
+            fast_ok,
+            conn_failed,
+            unconfirmed,
+            rss_base,
+        );
+    }
+
     let (pubs, pub_failed) = publish::connect_all(cfg);
     if pubs.is_empty() {
         eprintln!("ringfan-load: no publisher could connect to {}", cfg.addr);
@@ -286,6 +301,7 @@ pub fn run(cfg: &Config) -> i32 {
         reader_deadline: start + run_bound,
     };
     shared.measure_start.store(timing.measure_start, Relaxed);
+    shared.measure_end.store(timing.measure_end, Relaxed);
     let mut running = Vec::new();
     for (id, s) in pubs {
         match publish::start(id, s, cfg, &timing, shared.clone(), counters.clone()) {
@@ -297,12 +313,29 @@ pub fn run(cfg: &Config) -> i32 {
         }
     }
 
-    // Progress once a second until the end of the measured window.
+    // Progress once a second until the end of the measured window; the server's CPU time is
+    // sampled at the start and at the end of the measured window.
     let mut tick = start + SEC;
     let (mut last_d, mut last_s) = (0u64, 0u64);
-    while tick <= timing.measure_end + SEC / 2 {
-        sleep_until(tick.min(timing.measure_end));
+    let mut cpu_start: Option<Option<f64>> = None;
+    let mut cpu_end: Option<f64> = None;
+    // Bounded: every turn sleeps until the next tick, and the loop ends at the window's end.
+    loop {
+        let mut wake = tick.min(timing.measure_end);
+        if cpu_start.is_none() {
+            wake = wake.min(timing.measure_start);
+        }
+        sleep_until(wake);
         let now = now_ns();
+        if cpu_start.is_none() && now >= timing.measure_start {
+            cpu_start = Some(cfg.server_pid.and_then(proc_cpu_secs));
+        }
+        if now >= timing.measure_end {
+            cpu_end = cfg.server_pid.and_then(proc_cpu_secs);
+        }
+        if now < tick && now < timing.measure_end {
+            continue;
+        }
         let d = shared.delivered.load(Relaxed);
         let s = counters.sent.load(Relaxed);
         // The phase the second just reported mostly belonged to.
@@ -325,6 +358,11 @@ pub fn run(cfg: &Config) -> i32 {
         }
         tick += SEC;
     }
+    let server_rss = cfg.server_pid.and_then(vm_rss_kib);
+    let server_cpu = match (cpu_start.flatten(), cpu_end) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
 
     let mut kept = Vec::new();
     let mut readers = Vec::new();
@@ -361,6 +399,7 @@ pub fn run(cfg: &Config) -> i32 {
 
     // Merge.
     let mut hist = new_histogram();
+    let mut window_msgs = 0u64;
     let (mut msgs, mut lost_gaps, mut lost_tail, mut reordered, mut malformed) = (0, 0, 0, 0, 0);
     let (mut eof, mut resets, mut never_ready, mut rearms, mut enobufs, mut pongs) =
         (0, 0, 0, 0, 0, 0);
@@ -372,6 +411,7 @@ pub fn run(cfg: &Config) -> i32 {
         }
         let _ = hist.add(&r.hist);
         msgs += r.msgs;
+        window_msgs += r.window_msgs;
         lost_gaps += r.lost_gaps;
         lost_tail += r.lost_tail;
         reordered += r.reordered;
@@ -399,13 +439,33 @@ pub fn run(cfg: &Config) -> i32 {
     } else {
         rep.put("rate", "max");
     }
+    // Throughput = the steady-state receive rate: every message received in the measured
+    // window, whenever it was sent (a server that queues a backlog still gets credit for what
+    // it delivers in the window; what it delivers later does not count).
     rep.put_f("duration_s", dur, 3)
-        .put_f("delivered_msgs_per_s", msgs as f64 / dur, 1)
+        .put_f("delivered_msgs_per_s", window_msgs as f64 / dur, 1)
         .put_f(
             "delivered_mb_per_s",
-            msgs as f64 * cfg.size as f64 / dur / 1e6,
+            window_msgs as f64 * cfg.size as f64 / dur / 1e6,
             3,
         );
+    match server_cpu {
+        Some(c) => {
+            rep.put_f("server_cpu_s", c, 3);
+            if window_msgs > 0 {
+                rep.put_f("server_cpu_s_per_m", c / (window_msgs as f64 / 1e6), 4);
+            } else {
+                rep.put("server_cpu_s_per_m", serde_json::Value::Null);
+            }
+        }
+        None => {
+            rep.put("server_cpu_s", serde_json::Value::Null)
+                .put("server_cpu_s_per_m", serde_json::Value::Null);
+        }
+    }
+    if let Some(kib) = server_rss {
+        rep.put("server_rss_kib", kib);
+    }
     let q = |v: f64| -> Option<f64> {
         (!hist.is_empty()).then(|| hist.value_at_quantile(v) as f64 / 1e3)
     };
@@ -432,7 +492,8 @@ pub fn run(cfg: &Config) -> i32 {
             "pub_failed",
             (pub_failed as u64) + counters.errors.load(Relaxed),
         )
-        .put("delivered", msgs)
+        .put("delivered", window_msgs)
+        .put("measured_delivered", msgs)
         .put("expected", published * fast_ok as u64)
         .put("lost_in_flight", lost_gaps)
         .put("lost_at_end", lost_tail)
@@ -487,6 +548,83 @@ pub fn run(cfg: &Config) -> i32 {
         rep.put("slow_disconnect_times_s", serde_json::Value::Array(arr));
     }
     if !rep.emit(cfg.json.as_deref()) || failed {
+        return 1;
+    }
+    0
+}
+
+/// The idle scenario: the subscribers are connected and confirmed; hold them for --duration
+/// (progress once a second), then report, with the server's RSS per connection when known.
+fn idle_hold(
+    cfg: &Config,
+    shared: &Shared,
+    receivers: Vec<Receiver>,
+    connected: usize,
+    conn_failed: usize,
+    unconfirmed: usize,
+    rss_base: Option<u64>,
+) -> i32 {
+    let start = now_ns();
+    let end = start + secs_ns(cfg.duration.as_secs_f64());
+    let mut tick = start + SEC;
+    // Bounded: sleeps until each tick, ends at `end`.
+    while now_ns() < end {
+        sleep_until(tick.min(end));
+        tick += SEC;
+        eprintln!(
+            "[idle] t={:.0}s holding {} subscribers, disconnected {}",
+            (now_ns() - start) as f64 / 1e9,
+            connected,
+            shared.disconnected.load(Relaxed)
+        );
+    }
+    let rss_idle = cfg.server_pid.and_then(vm_rss_kib);
+    let cpu = cfg.server_pid.and_then(proc_cpu_secs);
+    shared.stop.store(true, Relaxed);
+    let mut failed = false;
+    let (mut eof, mut resets, mut malformed) = (0u64, 0u64, 0u64);
+    for r in receivers {
+        let r = r.join();
+        if let Some(e) = &r.error {
+            eprintln!("receiver: {e}");
+            failed = true;
+        }
+        eof += r.eof;
+        resets += r.resets;
+        malformed += r.malformed;
+    }
+    let mut rep = Report::default();
+    rep.put("scenario", "idle")
+        .put("proto", cfg.proto.name())
+        .put("subs", cfg.subscribers as u64)
+        .put("connected", connected as u64)
+        .put("conn_failed", conn_failed as u64)
+        .put("unconfirmed", unconfirmed as u64)
+        .put("disconnected", eof + resets)
+        .put("malformed", malformed)
+        .put_f("held_s", cfg.duration.as_secs_f64(), 3);
+    let held = (connected as u64).saturating_sub(eof + resets);
+    match (rss_base, rss_idle) {
+        (Some(a), Some(b)) => {
+            rep.put("server_rss_base_kib", a)
+                .put("server_rss_idle_kib", b);
+            if held > 0 {
+                let per = (b as f64 - a as f64) * 1024.0 / held as f64;
+                rep.put_f("rss_per_conn_bytes", per, 0);
+            } else {
+                rep.put("rss_per_conn_bytes", serde_json::Value::Null);
+            }
+        }
+        _ => {
+            rep.put("server_rss_base_kib", serde_json::Value::Null)
+                .put("server_rss_idle_kib", serde_json::Value::Null)
+                .put("rss_per_conn_bytes", serde_json::Value::Null);
+        }
+    }
+    if let Some(c) = cpu {
+        rep.put_f("server_cpu_s_total", c, 3);
+    }
+    if !rep.emit(cfg.json.as_deref()) || failed || connected == 0 {
         return 1;
     }
     0

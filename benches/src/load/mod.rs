@@ -2,14 +2,21 @@
 //!
 //! Layout: `cli` (flags), `wire` (payloads, protocol framing, handshakes, the marker scanner),
 //! `recv` (io_uring receiver threads for subscribers), `publish` (publisher threads),
-//! `fanout` (the fanout and slow scenarios), `storm` (connect/close churn), `report` (summary
-//! line and JSON), `sys` (clock, fd limit, socket options, /proc readers).
+//! `fanout` (the fanout, slow and idle scenarios), `storm` (connect/close churn), `report`
+//! (summary line and JSON), `sys` (clock, fd limit, socket options, /proc readers).
 //!
 //! How a run measures:
 //! - Every payload carries `@<publisher>:<seq>:<send_ts_ns>;` (CLOCK_MONOTONIC). A message is
 //!   *measured* when its send timestamp falls in the measured window (after the warm-up);
-//!   latency, delivered counts, `published`, `lost` and `reordered` all refer to measured
+//!   latency, `measured_delivered`, `published`, `lost` and `reordered` refer to measured
 //!   messages only.
+//! - Throughput (`delivered`, `delivered_msgs_per_s`) is the steady-state receive rate: every
+//!   message the subscribers received between the start and the end of the measured window,
+//!   whenever it was sent. A server that builds a backlog at max rate is credited with what it
+//!   delivers inside the window, not with what it delivers after it.
+//! - With `--server-pid`, the server's CPU (utime + stime from /proc/PID/stat) is sampled at
+//!   the start and the end of the measured window, so `server_cpu_s_per_m` covers the same
+//!   span as `delivered`.
 //! - `lost` = gaps in each (subscriber, publisher) seq stream inside the measured window, plus,
 //!   after the drain, every measured message a subscriber never got (`lost_at_end`), including
 //!   those of subscribers the server disconnected.

@@ -23,8 +23,11 @@ pub struct Shared {
     pub ready: AtomicUsize,
     pub hs_failed: AtomicUsize,
     pub disconnected: AtomicUsize,
-    /// Messages sent at or after this instant are measured (u64::MAX until known).
+    /// Messages sent at or after this instant are measured (u64::MAX until known). Also the
+    /// start of the receive window (see `RecvResult::window_msgs`).
     pub measure_start: AtomicU64,
+    /// End of the measured window (u64::MAX until known).
+    pub measure_end: AtomicU64,
     /// Per publisher: first seq sent in the measured window (0 = none yet).
     pub first_measured: Vec<AtomicU64>,
     /// Per publisher: last seq completely written (final once the publisher has stopped).
@@ -40,6 +43,7 @@ impl Shared {
             hs_failed: AtomicUsize::new(0),
             disconnected: AtomicUsize::new(0),
             measure_start: AtomicU64::new(u64::MAX),
+            measure_end: AtomicU64::new(u64::MAX),
             first_measured: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
             last_sent: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
         })
@@ -54,8 +58,12 @@ pub fn new_histogram() -> Histogram<u64> {
 /// What one receiver thread measured.
 pub struct RecvResult {
     pub hist: Histogram<u64>,
-    /// Markers of measured messages received.
+    /// Markers of measured messages received (sent in the measured window, received any time
+    /// before the end of the drain).
     pub msgs: u64,
+    /// Markers received between the start and the end of the measured window, whenever they
+    /// were sent: the steady-state receive rate's numerator.
+    pub window_msgs: u64,
     pub lost_gaps: u64,
     pub lost_tail: u64,
     pub reordered: u64,
@@ -100,6 +108,7 @@ impl RecvResult {
         RecvResult {
             hist: new_histogram(),
             msgs: 0,
+            window_msgs: 0,
             lost_gaps: 0,
             lost_tail: 0,
             reordered: 0,
@@ -128,7 +137,10 @@ struct Acc {
     hist: Histogram<u64>,
     now: u64,
     measure_start: u64,
+    measure_end: u64,
     all: u64,
+    /// Markers received in [measure_start, measure_end) by receive time.
+    window: u64,
     msgs: u64,
     lost: u64,
     reordered: u64,
@@ -151,6 +163,9 @@ impl Acc {
             return;
         }
         self.all += 1;
+        if self.now >= self.measure_start && self.now < self.measure_end {
+            self.window += 1;
+        }
         let prev = last[p];
         if m.ts >= self.measure_start {
             self.msgs += 1;
@@ -237,7 +252,9 @@ fn run(
         hist: new_histogram(),
         now: 0,
         measure_start: u64::MAX,
+        measure_end: u64::MAX,
         all: 0,
+        window: 0,
         msgs: 0,
         lost: 0,
         reordered: 0,
@@ -270,6 +287,7 @@ fn run(
         cqes.clear();
         drv.completions(&mut cqes);
         acc.measure_start = shared.measure_start.load(Relaxed);
+        acc.measure_end = shared.measure_end.load(Relaxed);
         for c in &cqes {
             if c.user_data.op() != Some(Op::Recv) {
                 continue;
@@ -381,6 +399,7 @@ fn run(
     RecvResult {
         hist: acc.hist,
         msgs: acc.msgs,
+        window_msgs: acc.window,
         lost_gaps: acc.lost,
         lost_tail,
         reordered: acc.reordered,
