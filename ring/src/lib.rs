@@ -1,9 +1,14 @@
-//! A per-thread io_uring event loop for socket servers.
+//! A per-thread event loop for socket servers: io_uring, or epoll where io_uring is refused.
 //!
 //! The crate knows sockets and completions, nothing of what the bytes mean. The server drives a
 //! [`Driver`]: it submits operations tagged with a [`UserData`] and reads back [`Completion`]s.
 //! The trait is deliberately narrow (a dozen calls) so that a readiness-based driver or a
 //! simulated, fault-injecting ring can stand in for io_uring without touching connection logic.
+//!
+//! Two drivers implement it: [`Uring`] (multishot io_uring operations, a provided-buffer ring)
+//! and [`Epoll`], which turns epoll readiness into the same completions (same multishot
+//! `more` flags, same buffer-pool rules, `-ENOBUFS` and `-ECANCELED` where io_uring posts them)
+//! for hosts where io_uring is disabled by sysctl or seccomp.
 //!
 //! Rules every driver keeps, and every caller may rely on:
 //! - At most the operations submitted complete; each ends with exactly one *final* completion
@@ -18,10 +23,12 @@ use std::time::Duration;
 
 mod buf_ring;
 mod doorbell;
+mod epoll;
 mod uring;
 mod user_data;
 
 pub use doorbell::Doorbell;
+pub use epoll::Epoll;
 pub use uring::{probe, RingConfig, RingFeatures, SetupError, Uring};
 pub use user_data::{Op, UserData};
 
