@@ -1,70 +1,120 @@
 #!/usr/bin/env bash
 # Side-by-side fan-out benchmark: ringfan, the tokio baseline (tokio-fanout), Redis pub/sub and
-# NATS, each server pinned to core 0 with one thread, the load generator (ringfan-load) on the
-# other core(s). Prints one Markdown table.
+# NATS, each server pinned to core 0 with one thread (RINGFAN_THREADS=1 for ringfan and
+# tokio-fanout; Redis is single-threaded; NATS with GOMAXPROCS=1), the load generator
+# (ringfan-load) pinned to the other core(s). Prints Markdown tables on stdout, progress on
+# stderr.
 #
-#   scripts/bench.sh [--quick] [--runs R]
+#   scripts/bench.sh [--quick] [--runs R] [--secs D] [--servers "ringfan tokio redis nats"]
+#                    [--subs "100 1000 10000"] [--sizes "64 1024"]
 #
-# Columns: delivered msgs/s as fast as the publisher can go (median of R runs, min–max), server
-# CPU-seconds per million deliveries in those runs (from /proc/PID/stat), and p50/p99 delivery
-# latency at a fixed rate every server sustains (N subscribers x 1000 msgs/s).
+# --quick: N = 1000, S = 64, 1.5 s per run, unbatched at N = 1000, no metrics on/off (under two
+# minutes). FIXED_DELIVERIES=D in the
+# environment sets the fixed rate (deliveries/s in total) for every configuration.
+#
+# Every server is started fresh for every run, on free ports of 127.0.0.1, and stopped after it.
+#
+# Main table, one row per (server, N subscribers, S bytes per message):
+#   - delivered msgs/s at max rate: the publisher writes as fast as the server reads; the figure
+#     is the subscribers' steady-state receive rate (every message received between the end of
+#     the warm-up and the end of the measured window, whenever it was sent). Median of R runs
+#     and min–max.
+#   - server CPU-seconds per million deliveries at a fixed rate every server sustains (in
+#     deliveries/s in total: 500k at 64 B, 200k at 1 KiB, 100k at N >= 10000, where every
+#     server spends several µs per unbatched delivery; messages/s published = that / N):
+#     utime+stime from /proc/PID/stat, sampled by ringfan-load at the start and the end of the
+#     measured window only (connect, warm-up and drain excluded). Equal to CPU-µs per delivery.
+#   - p50 / p99 delivery latency at that fixed rate (median over the R runs).
+#   - RSS per idle connection: VmRSS of a fresh server with N idle subscribers (subscribed, per
+#     protocol, and confirmed) minus VmRSS with none, divided by N (ringfan-load --scenario idle).
+#     User-space memory only: the kernel's socket memory is not in VmRSS (for any server).
+#   - a "generator ceiling" row per (N, S): ringfan-load against fanout-sink, a trivial server
+#     that writes pre-built buffers of valid messages as fast as it can. A server whose max-rate
+#     figure comes close to it is limited by the load generator, not by itself.
+# Then: the unbatched cost (N=5000 subscribers, 20 msgs/s in total, so every message is one
+# small send per subscriber): server CPU per delivery; and scripts/metrics-overhead.sh (ringfan
+# with metrics off and on).
+#
 # Redis and NATS come from Debian (apt-get install redis-server nats-server); a server that is
-# not installed is skipped with a note. Everything listens on 127.0.0.1 and is stopped at exit.
+# not installed is skipped with a note saying so. Everything listens on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+usage() { echo "usage: scripts/bench.sh [--quick] [--runs R] [--secs D] [--servers LIST] [--subs LIST] [--sizes LIST]" >&2; exit 2; }
 quick=0
 runs=2
+secs=""
+servers="ringfan tokio redis nats"
+subs_opt=""
+sizes_opt=""
+args="$*"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
-        --runs) runs=$2; shift ;;
-        *) echo "usage: scripts/bench.sh [--quick] [--runs R]" >&2; exit 2 ;;
+        --runs) [ $# -ge 2 ] || usage; runs=$2; shift ;;
+        --secs) [ $# -ge 2 ] || usage; secs=$2; shift ;;
+        --servers) [ $# -ge 2 ] || usage; servers=$2; shift ;;
+        --subs) [ $# -ge 2 ] || usage; subs_opt=$2; shift ;;
+        --sizes) [ $# -ge 2 ] || usage; sizes_opt=$2; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) usage ;;
     esac
     shift
 done
+case "$runs" in ''|*[!0-9]*) usage ;; esac
+[ "$runs" -ge 1 ] || usage
 if [ "$quick" = 1 ]; then
-    subs_list="100 1000"; sizes="64"; secs=3
+    subs_list="1000"; sizes="64"; secs=${secs:-1.5}; warmup=0.5; unbatched_subs=1000; idle_secs=0.5
 else
-    subs_list="100 1000 10000"; sizes="64 1024"; secs=5
+    subs_list="100 1000 10000"; sizes="64 1024"; secs=${secs:-5}; warmup=1; unbatched_subs=5000; idle_secs=2
 fi
-ncpu=$(nproc)
-load_cpus="1-$((ncpu - 1))"
-[ "$ncpu" -ge 2 ] || { echo "bench.sh needs at least 2 cores (server and load apart)" >&2; exit 1; }
+subs_list=${subs_opt:-$subs_list}
+sizes=${sizes_opt:-$sizes}
+# Fixed-rate part: deliveries per second in total (messages/s published = this / N), low enough
+# that every server keeps up (Redis and NATS use about 65 % of their core at these rates; at
+# N = 10000 a message is 10000 separate sends for every server, several µs each).
+fixed_deliveries() { # N S
+    if [ -n "${FIXED_DELIVERIES:-}" ]; then echo "$FIXED_DELIVERIES"
+    elif [ "$1" -ge 10000 ]; then echo 100000
+    elif [ "$2" -le 64 ]; then echo 500000
+    else echo 200000; fi
+}
+unbatched_rate=20
 
+ncpu=$(nproc)
+[ "$ncpu" -ge 2 ] || { echo "bench.sh needs at least 2 cores (server and load apart)" >&2; exit 1; }
+load_cpus="1-$((ncpu - 1))"
+
+echo "building (cargo build --release) ..." >&2
 cargo build --release -q -p ringfan -p ringfan-benches
-clk=$(getconf CLK_TCK)
 ulimit -n "$(ulimit -Hn)"
 tmp=$(mktemp -d)
+# Run copies, so that a rebuild in this tree during the run cannot swap binaries under it.
+mkdir "$tmp/bin"
+cp target/release/ringfan target/release/tokio-fanout target/release/fanout-sink target/release/ringfan-load "$tmp/bin/"
+bin=$tmp/bin
 server_pid=""
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
+cleanup() {
+    if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; fi
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
+log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-
-# start SERVER PORT: starts it pinned to core 0 in the background, sets server_pid and proto.
-start() {
-    local port=$2
-    case "$1" in
-        ringfan) proto=ringfan
-            RINGFAN_LISTEN=127.0.0.1:$port RINGFAN_THREADS=1 RINGFAN_PIN=0 RINGFAN_LOG=warn \
-                taskset -c 0 target/release/ringfan >"$tmp/out" 2>"$tmp/err" & ;;
-        tokio) proto=ringfan
-            RINGFAN_LISTEN=127.0.0.1:$port RINGFAN_THREADS=1 \
-                taskset -c 0 target/release/tokio-fanout >"$tmp/out" 2>"$tmp/err" & ;;
-        redis) proto=redis
-            taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-                --protected-mode no --logfile "$tmp/err" >"$tmp/out" 2>&1 & ;;
-        nats) proto=nats
-            GOMAXPROCS=1 taskset -c 0 nats-server -a 127.0.0.1 -p "$port" >"$tmp/out" 2>"$tmp/err" & ;;
-    esac
-    server_pid=$!
-    wait_port "$port" || { echo "$1 did not start: $(tail -3 "$tmp/err")" >&2; return 1; }
+# Port printed on stdout as "... listening on 127.0.0.1:PORT" (ringfan, tokio-fanout, fanout-sink).
+wait_listening() {
+    for _ in $(seq 200); do
+        port=$(sed -n 's/.* listening on .*:\([0-9][0-9]*\)$/\1/p' "$tmp/out" | head -1)
+        [ -n "$port" ] && return 0
+        kill -0 "$server_pid" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
 }
-stop() { kill -TERM "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
-field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
 
 available() {
     case "$1" in
@@ -73,39 +123,209 @@ available() {
         *) true ;;
     esac
 }
+install_hint() {
+    case "$1" in
+        redis) echo "redis-server not installed: apt-get install -y redis-server" ;;
+        nats) echo "nats-server not installed: apt-get install -y nats-server" ;;
+    esac
+}
 
-echo "# scripts/bench.sh $*  ($(date -u +%Y-%m-%d), $(nproc) cores, $(uname -r); server on core 0, load on cores $load_cpus, ${secs}s per run, $runs runs)"
-echo
-echo "| server | N | S | delivered msgs/s, median (min–max) | server CPU-s per M deliveries | p50 / p99 at N x 1000 msgs/s |"
-echo "|---|---|---|---|---|---|"
+# start SERVER [SINK_SUBSCRIBERS SINK_SIZE]: starts it pinned to core 0 in the background; sets
+# server_pid, port and proto.
+start() {
+    : >"$tmp/out"; : >"$tmp/err"
+    case "$1" in
+        ringfan) proto=ringfan
+            RINGFAN_LISTEN=127.0.0.1:0 RINGFAN_THREADS=1 RINGFAN_PIN=0 RINGFAN_LOG=warn \
+                taskset -c 0 "$bin/ringfan" >"$tmp/out" 2>"$tmp/err" &
+            server_pid=$!; wait_listening ;;
+        tokio) proto=ringfan
+            RINGFAN_LISTEN=127.0.0.1:0 RINGFAN_THREADS=1 \
+                taskset -c 0 "$bin/tokio-fanout" >"$tmp/out" 2>"$tmp/err" &
+            server_pid=$!; wait_listening ;;
+        sink) proto=ringfan
+            taskset -c 0 "$bin/fanout-sink" --listen 127.0.0.1:0 --subscribers "$2" \
+                --size "$3" --max-seconds 900 >"$tmp/out" 2>"$tmp/err" &
+            server_pid=$!; wait_listening ;;
+        redis) proto=redis; port=$(free_port)
+            taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+                --protected-mode no --maxclients 20000 --logfile "$tmp/err" >"$tmp/out" 2>&1 &
+            server_pid=$!; wait_port "$port" ;;
+        nats) proto=nats; port=$(free_port)
+            GOMAXPROCS=1 taskset -c 0 nats-server -a 127.0.0.1 -p "$port" >"$tmp/out" 2>"$tmp/err" &
+            server_pid=$!; wait_port "$port" ;;
+    esac || { echo "$1 did not start: $(tail -3 "$tmp/err")" >&2; stop; return 1; }
+}
+stop() {
+    [ -n "$server_pid" ] || return 0
+    kill -TERM "$server_pid" 2>/dev/null || true
+    # Bounded: 10 s for a graceful exit, then SIGKILL.
+    for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+}
+field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
+load() { # runs ringfan-load on the load cores against the current server; prints its summary line
+    taskset -c "$load_cpus" "$bin/ringfan-load" --proto "$proto" --addr "127.0.0.1:$port" \
+        --server-pid "$server_pid" --connect-rate 10000 "$@" 2>"$tmp/load.err" || true
+}
+# stats V...: "median min max" of the numeric values given (non-numbers ignored); "na na na" if none.
+stats() {
+    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g |
+        awk '{a[NR]=$1} END { if (NR == 0) print "na na na"; else print a[int((NR+1)/2)], a[1], a[NR] }'
+}
+fmt_int() { [ "$1" = na ] && echo "n/a" || printf "%'.0f" "$1"; }
+fmt_us() { # microseconds -> human
+    [ "$1" = na ] && { echo "n/a"; return; }
+    awk -v v="$1" 'BEGIN { if (v >= 1000000) printf "%.2f s", v/1e6; else if (v >= 1000) printf "%.1f ms", v/1e3; else printf "%.0f µs", v }'
+}
+fmt_cpu() { [ "$1" = na ] && echo "n/a" || printf "%.3f" "$1"; }
+note_problems() { # extra words for a row from the summary line (lost, disconnected)
+    local l=$1 d
+    d=$(field disconnected "$l")
+    [ -n "$d" ] && [ "$d" != 0 ] && echo -n " ($d subscribers disconnected)"
+    true
+}
+
+available_servers=""
+for s in $servers; do
+    if available "$s"; then available_servers="$available_servers $s"; else log "$(install_hint "$s") — skipped"; fi
+done
+
+t_start=$(date +%s)
+results="$tmp/results"
+: >"$results"
+
+# ---- idle RSS: per (server, N), R runs -------------------------------------------------------
+declare -A rss
+for subs in $subs_list; do
+    for server in $available_servers; do
+        vals=()
+        for r in $(seq "$runs"); do
+            log "idle RSS: $server N=$subs run $r/$runs"
+            start "$server" || continue
+            sleep 0.3
+            line=$(load --scenario idle --subscribers "$subs" --duration "$idle_secs")
+            stop
+            vals+=("$(field rss_per_conn_bytes "$line")")
+        done
+        read -r med lo hi < <(stats "${vals[@]}")
+        rss[$server,$subs]="$med $lo $hi"
+    done
+done
+
+# ---- main matrix ----------------------------------------------------------------------------
 for size in $sizes; do
     for subs in $subs_list; do
-        for server in ringfan tokio redis nats; do
-            if ! available "$server"; then
-                echo "| $server | $subs | $size | not installed (apt-get install ${server}-server) | | |"
-                continue
-            fi
-            rates=(); cpus=()
-            for _ in $(seq "$runs"); do
-                port=$(free_port); start "$server" "$port"
-                t0=$(cpu_ticks)
-                line=$(taskset -c "$load_cpus" target/release/ringfan-load --proto "$proto" --addr 127.0.0.1:"$port" \
-                    --subscribers "$subs" --size "$size" --duration "$secs" --warmup 1 --drain 1 \
-                    --recv-threads 1 2>/dev/null) || true
-                t1=$(cpu_ticks); stop
-                r=$(field delivered_msgs_per_s "$line"); d=$(field delivered "$line")
-                rates+=("${r:-0}")
-                cpus+=("$(awk -v t=$((t1 - t0)) -v c="$clk" -v d="${d:-0}" 'BEGIN { if (d > 0) printf "%.3f", (t / c) / (d / 1e6); else print "n/a" }')")
-            done
-            port=$(free_port); start "$server" "$port"
-            line=$(taskset -c "$load_cpus" target/release/ringfan-load --proto "$proto" --addr 127.0.0.1:"$port" \
-                --subscribers "$subs" --size "$size" --rate 1000 --duration "$secs" --warmup 1 2>/dev/null) || true
+        rate=$(awk -v d="$(fixed_deliveries "$subs" "$size")" -v n="$subs" 'BEGIN { printf "%g", d / n }')
+        # generator ceiling
+        vals=()
+        for r in $(seq "$runs"); do
+            log "generator ceiling: N=$subs S=$size run $r/$runs"
+            start sink "$subs" "$size" || continue
+            line=$(load --subscribers "$subs" --size "$size" --rate 1 --duration "$secs" --warmup "$warmup" --drain 0)
             stop
-            lat="$(field p50_us "$line") / $(field p99_us "$line") µs"
-            read -r med lo hi < <(printf '%s\n' "${rates[@]}" | sort -g | awk '{a[NR]=$1} END {printf "%.0f %.0f %.0f\n", a[int((NR+1)/2)], a[1], a[NR]}')
-            cpu_med=$(printf '%s\n' "${cpus[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-            printf '| %s | %s | %s | %s (%s–%s) | %s | %s |\n' "$server" "$subs" "$size" \
-                "$(printf "%'d" "$med")" "$(printf "%'d" "$lo")" "$(printf "%'d" "$hi")" "$cpu_med" "$lat"
+            vals+=("$(field delivered_msgs_per_s "$line")")
+        done
+        read -r med lo hi < <(stats "${vals[@]}")
+        echo "ceiling|$subs|$size|$med|$lo|$hi" >>"$results"
+        for server in $available_servers; do
+            max=(); notes=""
+            for r in $(seq "$runs"); do
+                log "$server N=$subs S=$size max rate, run $r/$runs"
+                start "$server" || continue
+                line=$(load --subscribers "$subs" --size "$size" --duration "$secs" --warmup "$warmup" --drain 0)
+                stop
+                max+=("$(field delivered_msgs_per_s "$line")")
+                notes="$notes$(note_problems "$line")"
+                log "  -> $(field delivered_msgs_per_s "$line") msgs/s, disconnected $(field disconnected "$line")"
+            done
+            cpu=(); p50=(); p99=(); fixed_lost=()
+            for r in $(seq "$runs"); do
+                log "$server N=$subs S=$size fixed rate $rate msgs/s, run $r/$runs"
+                start "$server" || continue
+                line=$(load --subscribers "$subs" --size "$size" --rate "$rate" --duration "$secs" --warmup "$warmup" --drain 2)
+                stop
+                cpu+=("$(field server_cpu_s_per_m "$line")")
+                p50+=("$(field p50_us "$line")"); p99+=("$(field p99_us "$line")")
+                fixed_lost+=("$(field lost "$line")")
+                log "  -> CPU $(field server_cpu_s_per_m "$line") s/M, p50 $(field p50_us "$line") µs, p99 $(field p99_us "$line") µs, lost $(field lost "$line")"
+            done
+            read -r mm ml mh < <(stats "${max[@]}")
+            read -r cm cl ch < <(stats "${cpu[@]}")
+            read -r p50m _ _ < <(stats "${p50[@]}")
+            read -r p99m _ _ < <(stats "${p99[@]}")
+            read -r _ _ lostmax < <(stats "${fixed_lost[@]}")
+            echo "$server|$subs|$size|$mm|$ml|$mh|$cm|$cl|$ch|$p50m|$p99m|$rate|$lostmax|${notes:-}" >>"$results"
         done
     done
 done
+
+# ---- unbatched: N=unbatched_subs at unbatched_rate msgs/s, S=64 -------------------------------
+declare -A unb
+for server in $available_servers; do
+    cpu=(); p99=()
+    for r in $(seq "$runs"); do
+        log "unbatched: $server N=$unbatched_subs ${unbatched_rate} msgs/s, run $r/$runs"
+        start "$server" || continue
+        line=$(load --subscribers "$unbatched_subs" --size 64 --rate "$unbatched_rate" --duration "$secs" --warmup "$warmup" --drain 2)
+        stop
+        cpu+=("$(field server_cpu_s_per_m "$line")"); p99+=("$(field p99_us "$line")")
+        log "  -> CPU $(field server_cpu_s_per_m "$line") s/M, p99 $(field p99_us "$line") µs, lost $(field lost "$line")"
+    done
+    read -r cm cl ch < <(stats "${cpu[@]}")
+    read -r pm _ _ < <(stats "${p99[@]}")
+    unb[$server]="$cm $cl $ch $pm"
+done
+
+# ---- metrics on/off (ringfan) ---------------------------------------------------------------
+metrics_out=""
+if [ "$quick" = 1 ]; then
+    metrics_out="(not in --quick: scripts/metrics-overhead.sh)"
+elif [[ " $available_servers " == *" ringfan "* ]]; then
+    log "metrics overhead (scripts/metrics-overhead.sh 1000 2000 $secs $runs)"
+    metrics_out=$(RINGFAN_BENCH_BIN=$bin scripts/metrics-overhead.sh 1000 2000 "$secs" "$runs" 2>/dev/null) || metrics_out="metrics-overhead.sh failed"
+fi
+
+# ---- output ---------------------------------------------------------------------------------
+elapsed=$(( $(date +%s) - t_start ))
+echo "Reproduce: \`scripts/bench.sh${args:+ $args}\`"
+echo
+echo "($(date -u +%Y-%m-%d), $ncpu cores, kernel $(uname -r); each server on core 0 with one thread, ringfan-load on cores $load_cpus; ${secs} s measured after a ${warmup} s warm-up per run, $runs runs per configuration, a fresh server per run; took ${elapsed} s)"
+echo
+echo "| server | N | S | delivered msgs/s at max rate, median (min–max) | fixed rate: msgs/s published (deliveries/s) | server CPU-s per M deliveries at fixed rate, median (min–max) | p50 / p99 latency at fixed rate | RSS per idle connection, median (min–max) |"
+echo "|---|---|---|---|---|---|---|---|"
+while IFS='|' read -r server subs size a b c d e f g h rate lostmax notes; do
+    if [ "$server" = ceiling ]; then
+        printf '| *generator ceiling* (fanout-sink) | %s | %s | %s (%s–%s) | | | | |\n' "$subs" "$size" \
+            "$(fmt_int "$a")" "$(fmt_int "$b")" "$(fmt_int "$c")"
+        continue
+    fi
+    read -r rm rl rh <<<"${rss[$server,$subs]:-na na na}"
+    rss_cell="n/a"
+    [ "$rm" != na ] && rss_cell="$(fmt_int "$rm") B ($(fmt_int "$rl")–$(fmt_int "$rh"))"
+    lat="$(fmt_us "$g") / $(fmt_us "$h")"
+    [ "$lostmax" != na ] && [ "$lostmax" != 0 ] && lat="$lat (lost up to $(fmt_int "$lostmax"))"
+    printf '| %s | %s | %s | %s (%s–%s)%s | %s (%s) | %s (%s–%s) | %s | %s |\n' "$server" "$subs" "$size" \
+        "$(fmt_int "$a")" "$(fmt_int "$b")" "$(fmt_int "$c")" "$notes" \
+        "$(fmt_int "$rate")" "$(fmt_int "$(fixed_deliveries "$subs" "$size")")" \
+        "$(fmt_cpu "$d")" "$(fmt_cpu "$e")" "$(fmt_cpu "$f")" "$lat" "$rss_cell"
+done <"$results"
+echo
+echo "Max rate: one publisher writing as fast as the server reads; delivered = messages received in the measured window, whenever sent. Fixed rate: one publisher paced in 1 ms ticks. CPU (utime+stime of the server process) is sampled over the measured window only; CPU-s per M deliveries = CPU-µs per delivery. A note 'N subscribers disconnected' means the server dropped that many lagging subscribers in some run."
+echo
+echo "Unbatched: N = $unbatched_subs subscribers, $unbatched_rate msgs/s in total, 64 B (every message is one small send per subscriber):"
+echo
+echo "| server | server CPU-s per M deliveries (= CPU-µs per delivery), median (min–max) | p99 latency |"
+echo "|---|---|---|"
+for server in $available_servers; do
+    read -r cm cl ch pm <<<"${unb[$server]:-na na na na}"
+    printf '| %s | %s (%s–%s) | %s |\n' "$server" "$(fmt_cpu "$cm")" "$(fmt_cpu "$cl")" "$(fmt_cpu "$ch")" "$(fmt_us "$pm")"
+done
+if [ -n "$metrics_out" ]; then
+    echo
+    echo "Metrics on/off (ringfan, N = 1000, 2000 msgs/s, 64 B, CPU over the measured window):"
+    echo
+    echo "$metrics_out"
+fi

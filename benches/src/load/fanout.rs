@@ -13,7 +13,7 @@ use super::cli::{Config, Proto, Scenario};
 use super::publish::{self, PubCounters, Timing};
 use super::recv::{self, new_histogram, Receiver, Shared};
 use super::report::Report;
-use super::sys::{connect, now_ns, proc_cpu_secs, secs_ns, sleep_until, vm_rss_kib};
+use super::sys::{connect, now_ns, proc_cpu, proc_cpu_secs, secs_ns, sleep_until, vm_rss_kib};
 use super::wire::subscribe_command;
 
 const SEC: u64 = 1_000_000_000;
@@ -317,8 +317,8 @@ pub fn run(cfg: &Config) -> i32 {
     // sampled at the start and at the end of the measured window.
     let mut tick = start + SEC;
     let (mut last_d, mut last_s) = (0u64, 0u64);
-    let mut cpu_start: Option<Option<f64>> = None;
-    let mut cpu_end: Option<f64> = None;
+    let mut cpu_start: Option<Option<(f64, f64)>> = None;
+    let mut cpu_end: Option<(f64, f64)> = None;
     // Bounded: every turn sleeps until the next tick, and the loop ends at the window's end.
     loop {
         let mut wake = tick.min(timing.measure_end);
@@ -328,10 +328,10 @@ pub fn run(cfg: &Config) -> i32 {
         sleep_until(wake);
         let now = now_ns();
         if cpu_start.is_none() && now >= timing.measure_start {
-            cpu_start = Some(cfg.server_pid.and_then(proc_cpu_secs));
+            cpu_start = Some(cfg.server_pid.and_then(proc_cpu));
         }
         if now >= timing.measure_end {
-            cpu_end = cfg.server_pid.and_then(proc_cpu_secs);
+            cpu_end = cfg.server_pid.and_then(proc_cpu);
         }
         if now < tick && now < timing.measure_end {
             continue;
@@ -360,7 +360,7 @@ pub fn run(cfg: &Config) -> i32 {
     }
     let server_rss = cfg.server_pid.and_then(vm_rss_kib);
     let server_cpu = match (cpu_start.flatten(), cpu_end) {
-        (Some(a), Some(b)) => Some(b - a),
+        (Some(a), Some(b)) => Some((b.0 + b.1 - a.0 - a.1, b.0 - a.0)),
         _ => None,
     };
 
@@ -450,17 +450,23 @@ pub fn run(cfg: &Config) -> i32 {
             3,
         );
     match server_cpu {
-        Some(c) => {
-            rep.put_f("server_cpu_s", c, 3);
+        Some((c, user)) => {
+            rep.put_f("server_cpu_s", c, 3)
+                .put_f("server_user_s", user, 3);
             if window_msgs > 0 {
-                rep.put_f("server_cpu_s_per_m", c / (window_msgs as f64 / 1e6), 4);
+                let m = window_msgs as f64 / 1e6;
+                rep.put_f("server_cpu_s_per_m", c / m, 4)
+                    .put_f("server_user_s_per_m", user / m, 4);
             } else {
-                rep.put("server_cpu_s_per_m", serde_json::Value::Null);
+                rep.put("server_cpu_s_per_m", serde_json::Value::Null)
+                    .put("server_user_s_per_m", serde_json::Value::Null);
             }
         }
         None => {
             rep.put("server_cpu_s", serde_json::Value::Null)
-                .put("server_cpu_s_per_m", serde_json::Value::Null);
+                .put("server_user_s", serde_json::Value::Null)
+                .put("server_cpu_s_per_m", serde_json::Value::Null)
+                .put("server_user_s_per_m", serde_json::Value::Null);
         }
     }
     if let Some(kib) = server_rss {

@@ -208,6 +208,11 @@ pub fn tcp_states(port: u16) -> TcpStates {
 /// CPU time (user + system, all threads) the process `pid` has used, in seconds, from
 /// /proc/PID/stat.
 pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    proc_cpu(pid).map(|(user, sys)| user + sys)
+}
+
+/// (user, system) CPU seconds of the process `pid` (all threads), from /proc/PID/stat.
+pub fn proc_cpu(pid: u32) -> Option<(f64, f64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
@@ -218,7 +223,7 @@ pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
     // SAFETY: sysconf has no memory effects.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let tck = if tck > 0 { tck as f64 } else { 100.0 };
-    Some((utime + stime) as f64 / tck)
+    Some((utime as f64 / tck, stime as f64 / tck))
 }
 
 /// Resident set size of `pid` in KiB (VmRSS in /proc/PID/status).
