@@ -1,0 +1,70 @@
+# Shared by the scripts in scripts/tcpkali/ (sourced, not run). Settings come from the
+# environment; every script prints its own in its --help.
+
+ADDR=${ADDR:-127.0.0.1:7000}
+DURATION=${DURATION:-30}
+host=${ADDR%:*}
+port=${ADDR##*:}
+
+case "$port" in ''|*[!0-9]*) echo "ADDR must be HOST:PORT (got '$ADDR')" >&2; exit 2 ;; esac
+case "$DURATION" in ''|*[!0-9]*) echo "DURATION must be whole seconds (got '$DURATION')" >&2; exit 2 ;; esac
+
+# require_tcpkali "EQUIVALENT RINGFAN-LOAD ARGS": returns if tcpkali is installed; otherwise
+# says how to get it, prints the equivalent ringfan-load command, and exits with status 3.
+require_tcpkali() {
+    command -v tcpkali >/dev/null 2>&1 && return 0
+    cat >&2 <<MSG
+tcpkali is not installed. It is not packaged for Debian 12; build it from source:
+
+    apt-get install -y autoconf automake libtool bison flex build-essential
+    # in a checkout of the tcpkali sources:
+    autoreconf -iv && ./configure && make && make install
+
+Or run the equivalent ringfan-load command (same measurement, from this repository):
+
+    cargo build --release -p ringfan-benches
+    target/release/ringfan-load $1
+MSG
+    exit 3
+}
+
+# A payload line of SIZE bytes (newline included) after PREFIX, padded with 'x', for -m with -e.
+payload() { # PREFIX SIZE PREFIX_LEN_ON_THE_WIRE
+    local pad=$(( $2 - $3 - 1 ))
+    [ "$pad" -ge 0 ] || pad=0
+    printf '%s%s\\n' "$1" "$(head -c "$pad" /dev/zero | tr '\0' x)"
+}
+
+# Server-side TCP states of connections to PORT (local port = PORT) from /proc/net/tcp{,6}:
+# prints "established=E close_wait=C fin_wait2=F fin_wait1=W last_ack=L time_wait=T".
+server_states() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v p=":$hex" '
+        FNR > 1 && substr($2, length($2) - 4) == p {
+            s[$4]++
+        }
+        END {
+            printf "established=%d close_wait=%d fin_wait2=%d fin_wait1=%d last_ack=%d time_wait=%d\n",
+                s["01"], s["08"], s["05"], s["04"], s["09"], s["06"]
+        }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+
+# PID of the process listening on PORT, if `ss` can tell (same user or root); empty otherwise.
+listener_pid() {
+    command -v ss >/dev/null 2>&1 || return 0
+    ss -Htlnp "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1
+}
+
+# watch_server SECONDS: once a second, the server's connection states (and open fds when its
+# PID is known: SERVER_PID or from ss) on stderr; bounded by SECONDS. Last line = final state.
+watch_server() {
+    local secs=$1 pid=${SERVER_PID:-} fds i
+    [ -n "$pid" ] || pid=$(listener_pid "$port")
+    for i in $(seq "$secs"); do
+        fds=""
+        [ -n "$pid" ] && [ -d "/proc/$pid/fd" ] && fds=" fds=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)"
+        echo "[watch t=${i}s] port $port: $(server_states "$port")$fds" >&2
+        sleep 1
+    done
+}
