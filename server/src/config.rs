@@ -320,11 +320,17 @@ impl Config {
 
 impl Config {
     /// Input decoded per loop turn across all connections of a worker, and the backlog allowed
-    /// in a worker's inbox. A quarter of the queue limit each, so a subscriber that drains its
-    /// queue every turn stays under `send_queue_bytes_max` (local input + inbox + one batch)
-    /// however fast publishers send: only a subscriber that really falls behind is evicted.
+    /// in a worker's inbox. An eighth of the queue limit each, so a subscriber that drains its
+    /// queue (local input + inbox, which may overshoot its cap by one turn's input) stays well
+    /// under `send_queue_bytes_max` however fast publishers send: only a subscriber that really
+    /// falls behind is evicted.
     pub fn turn_input_bytes_max(&self) -> usize {
-        (self.send_queue_bytes_max / 4).max(1)
+        (self.send_queue_bytes_max / 8).max(1)
+    }
+
+    /// A subscriber queue over this, still draining, stalls input (flow control).
+    pub fn lagging_bytes(&self) -> usize {
+        self.send_queue_bytes_max / 4
     }
 }
 

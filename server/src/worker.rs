@@ -48,7 +48,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Back-off before re-arming accept after EMFILE/ENFILE or an unexpected error (no busy loop).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// A lagging subscriber holds input back only while its sends progressed within this window...
-const STALL_PROGRESS_WINDOW: Duration = Duration::from_millis(100);
+const STALL_PROGRESS_WINDOW: Duration = Duration::from_millis(500);
 /// ...and for at most this long per episode over half its queue limit.
 const STALL_MAX: Duration = Duration::from_millis(5000);
 
@@ -631,6 +631,10 @@ impl<D: Driver> Worker<D> {
             }
             return match self.cfg.slow_consumer {
                 SlowConsumer::Disconnect => {
+                    tracing::debug!(worker = self.id, slot, queue_bytes = conn.queue_bytes, chunk = chunk.bytes.len(), stuck,
+                        lagging_for = ?conn.lagging_since.map(|t| self.now.saturating_duration_since(t)),
+                        since_progress = ?conn.last_send_progress.map(|t| self.now.saturating_duration_since(t)),
+                        "slow subscriber");
                     self.evict.push(slot);
                     false
                 }
@@ -649,7 +653,7 @@ impl<D: Driver> Worker<D> {
         conn.queued_total += chunk.bytes.len() as u64;
         conn.queue.push_back(chunk.bytes.clone());
         self.stats.messages_out += chunk.count as u64;
-        if conn.queue_bytes > self.cfg.send_queue_bytes_max / 2 && conn.lagging_since.is_none() {
+        if conn.queue_bytes > self.cfg.lagging_bytes() && conn.lagging_since.is_none() {
             conn.lagging_since = Some(self.now);
             self.lagging.push((slot, conn.generation));
         }
@@ -660,14 +664,16 @@ impl<D: Driver> Worker<D> {
         true
     }
 
-    /// Flow control: true while some subscriber is over half its queue limit *and* draining it
+    /// Flow control: true while some subscriber is over a quarter of its queue limit *and* draining it
     /// (a send made progress lately). Then this worker takes no new input (its publishers feel
     /// TCP backpressure) and leaves its inbox alone (so other workers' publishers stall too),
     /// instead of queueing past the limit and evicting a subscriber that is merely behind. A
     /// subscriber that makes no progress, or has been over for longer than [`STALL_MAX`], does
-    /// not hold anyone back: it goes on to its limit and is evicted.
+    /// not hold anyone back: it goes on to its limit and is evicted. (A quarter, plus at most an
+    /// eighth from the inbox and an eighth of local input when the stall lifts, stays well under
+    /// the limit.)
     fn input_stalled(&mut self) -> bool {
-        let half = self.cfg.send_queue_bytes_max / 2;
+        let half = self.cfg.lagging_bytes();
         let now = self.now;
         let conns = &mut self.conns;
         let mut stall = false;

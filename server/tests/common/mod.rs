@@ -120,6 +120,12 @@ fn raw_io_uring_setup_works() -> bool {
 /// `RINGFAN_PIN=0`, then `env` applied on top. The child gets SIGKILL if the spawning thread dies
 /// (a safety net so a panicking test never leaves a server behind).
 pub fn ringfan_command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    ringfan_command_nofile(args, env, None)
+}
+
+/// As [`ringfan_command`], with both the soft and the hard RLIMIT_NOFILE set to `nofile` in the
+/// child (so the server cannot raise it), to provoke EMFILE.
+pub fn ringfan_command_nofile(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args);
     for (k, _) in std::env::vars_os() {
@@ -138,8 +144,17 @@ pub fn ringfan_command(args: &[&str], env: &[(&str, &str)]) -> Command {
     }
     cmd.stdin(Stdio::null());
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(n) = nofile {
+                let lim = libc::rlimit {
+                    rlim_cur: n as _,
+                    rlim_max: n as _,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -208,7 +223,12 @@ impl Server {
     /// max) for `ringfan listening on 127.0.0.1:PORT` on stdout, then records the baseline fd count.
     /// stderr is echoed (prefixed) through the test's captured output and kept for inspection.
     pub fn start(env: &[(&str, &str)]) -> Server {
-        let mut cmd = ringfan_command(&[], env);
+        Server::start_nofile(env, None)
+    }
+
+    /// As [`Server::start`], with RLIMIT_NOFILE (soft and hard) fixed at `nofile`.
+    pub fn start_nofile(env: &[(&str, &str)], nofile: Option<u64>) -> Server {
+        let mut cmd = ringfan_command_nofile(&[], env, nofile);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
@@ -1268,4 +1288,99 @@ pub fn assert_bytes_eq(actual: &[u8], expected: &[u8], ctx: &str) {
         show(&actual[from.min(actual.len())..(first + 80).min(actual.len())]),
         show(&expected[from.min(expected.len())..(first + 80).min(expected.len())])
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process and listener views
+// ---------------------------------------------------------------------------------------------
+
+/// The accept backlog of the server's LISTEN socket(s) on `port`: rx_queue of the LISTEN rows in
+/// /proc/net/tcp{,6}, summed.
+pub fn listen_backlog(port: u16) -> usize {
+    let mut total = 0;
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 5 || cols[3] != "0A" {
+                continue;
+            }
+            let local_port = cols[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port != Some(port) {
+                continue;
+            }
+            if let Some(rx) = cols[4]
+                .split(':')
+                .nth(1)
+                .and_then(|q| usize::from_str_radix(q, 16).ok())
+            {
+                total += rx;
+            }
+        }
+    }
+    total
+}
+
+/// Timer kinds ("tr" column) of the server-side rows on `port` in state ESTABLISHED:
+/// 0 none, 1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero-window probe.
+pub fn established_timers(port: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 6 || cols[3] != "01" {
+                continue;
+            }
+            let local_port = cols[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                out.push(
+                    cols[5]
+                        .split(':')
+                        .next()
+                        .and_then(|t| u8::from_str_radix(t, 16).ok())
+                        .unwrap_or(0xff),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Resident memory of `pid` in bytes (VmRSS).
+pub fn rss_bytes(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// CPU time (user + system) of `pid` so far.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 overall, 12 and 13 after the name (1-based 3..).
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no memory arguments.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
 }
