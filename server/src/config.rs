@@ -34,6 +34,16 @@ pub struct Config {
     /// Zero: the kernel's default.
     pub user_timeout_ms: u32,
     pub publish_listen: Option<SocketAddr>,
+    pub driver: DriverChoice,
+}
+
+/// RINGFAN_DRIVER.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// io_uring, or epoll with one warning naming why io_uring was refused.
+    Auto,
+    IoUring,
+    Epoll,
 }
 
 /// What happens to a subscriber over its queue limit (or not draining for the timeout).
@@ -106,6 +116,7 @@ const VARS: &[Var] = &[
     Var { name: "RINGFAN_KEEPALIVE_SECS", default: "60", help: "TCP keepalive idle time, so a peer that vanished is found (0: off)" },
     Var { name: "RINGFAN_USER_TIMEOUT_MS", default: "30000", help: "TCP_USER_TIMEOUT: unacknowledged data older than this resets the connection (0: kernel default)" },
     Var { name: "RINGFAN_PUBLISH_LISTEN", default: "off", help: "if set, only connections accepted on this address:port may publish; lines from RINGFAN_LISTEN are discarded" },
+    Var { name: "RINGFAN_DRIVER", default: "auto", help: "auto (io_uring, else epoll with a warning saying why), io_uring (fail without it) or epoll" },
     Var { name: "RINGFAN_METRICS_LISTEN", default: "off", help: "address:port serving Prometheus metrics at /metrics (e.g. 127.0.0.1:9100); unset or empty: off" },
     Var { name: "RINGFAN_LOG", default: "info", help: "log filter: error, warn, info, debug, trace (tracing EnvFilter syntax)" },
 ];
@@ -258,6 +269,18 @@ impl Config {
                 })
             }
         };
+        let driver = match get("RINGFAN_DRIVER").map(str::trim) {
+            None | Some("auto") => DriverChoice::Auto,
+            Some("io_uring" | "io-uring" | "uring") => DriverChoice::IoUring,
+            Some("epoll") => DriverChoice::Epoll,
+            Some(v) => {
+                return Err(ConfigError {
+                    var: "RINGFAN_DRIVER",
+                    value: v.into(),
+                    accepted: "auto, io_uring or epoll".into(),
+                })
+            }
+        };
         let max_connections = match get("RINGFAN_MAX_CONNECTIONS") {
             None => None,
             Some(_) => Some(int("RINGFAN_MAX_CONNECTIONS", 0, 1, 100_000_000, "")? as usize),
@@ -289,6 +312,7 @@ impl Config {
                 " (milliseconds, 0: kernel default)",
             )? as u32,
             publish_listen: optional_addr("RINGFAN_PUBLISH_LISTEN")?,
+            driver,
             threads: int("RINGFAN_THREADS", cores as u64, 1, 1024, "")? as usize,
             pin: flag("RINGFAN_PIN", true)?,
             echo: flag("RINGFAN_ECHO", true)?,
@@ -342,7 +366,7 @@ impl fmt::Display for Config {
              close_timeout_ms={} shutdown_timeout_ms={} read_budget_bytes={} recv_buffers={} \
              recv_buffer_bytes={} ring_entries={} listen_backlog={} slow_consumer={:?} \
              slow_consumer_timeout_ms={} max_connections={} keepalive_secs={} user_timeout_ms={} \
-             publish_listen={} metrics_listen={}",
+             publish_listen={} metrics_listen={} driver={:?}",
             self.listen,
             self.threads,
             self.pin,
@@ -365,7 +389,8 @@ impl fmt::Display for Config {
             self.publish_listen
                 .map_or("off".to_string(), |a| a.to_string()),
             self.metrics_listen
-                .map_or("off".to_string(), |a| a.to_string())
+                .map_or("off".to_string(), |a| a.to_string()),
+            self.driver
         )
     }
 }
@@ -459,6 +484,41 @@ mod tests {
             with(&[("RINGFAN_LOG", "[")]).unwrap_err().var,
             "RINGFAN_LOG"
         );
+    }
+
+    #[test]
+    fn overload_and_driver_variables() {
+        for (var, bad) in [
+            ("RINGFAN_SLOW_CONSUMER", "kick"),
+            ("RINGFAN_MAX_CONNECTIONS", "0"),
+            ("RINGFAN_PUBLISH_LISTEN", "nowhere"),
+            ("RINGFAN_KEEPALIVE_SECS", "x"),
+            ("RINGFAN_USER_TIMEOUT_MS", "-1"),
+            ("RINGFAN_SLOW_CONSUMER_TIMEOUT_MS", "soon"),
+            ("RINGFAN_DRIVER", "kqueue"),
+            ("RINGFAN_METRICS_LISTEN", "x"),
+        ] {
+            let e = with(&[(var, bad)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        let c = with(&[
+            ("RINGFAN_SLOW_CONSUMER", "drop"),
+            ("RINGFAN_MAX_CONNECTIONS", "100"),
+            ("RINGFAN_DRIVER", "epoll"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.slow_consumer, c.max_connections, c.driver),
+            (SlowConsumer::Drop, Some(100), DriverChoice::Epoll)
+        );
+        let d = with(&[]).unwrap();
+        assert_eq!(
+            (d.slow_consumer, d.max_connections, d.driver),
+            (SlowConsumer::Disconnect, None, DriverChoice::Auto)
+        );
+        assert_eq!(derive_max_connections(20000, 2), 20000 - 80);
+        assert_eq!(derive_max_connections(10, 2), 1);
     }
 
     #[test]

@@ -7,9 +7,9 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use ring::{Driver, RingConfig, Uring};
+use ring::{Doorbell, Driver, Epoll, RingConfig, Uring};
 
-use ringfan::config::{self, Config};
+use ringfan::config::{self, Config, DriverChoice};
 use ringfan::hub::Shared;
 use ringfan::stats::Stats;
 use ringfan::worker::Worker;
@@ -84,12 +84,25 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
             1024
         }
     };
-    let features = match ring::probe() {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!("{e}");
-            return Ok(ExitCode::from(EXIT_NO_IO_URING));
+    // Which driver: io_uring unless it is refused here (auto) or epoll is asked for.
+    let (use_uring, driver_line) = match cfg.driver {
+        DriverChoice::Epoll => (false, "epoll (RINGFAN_DRIVER=epoll)".to_string()),
+        DriverChoice::IoUring => {
+            match ring::probe() {
+                Ok(f) => (true, format!("io_uring: {f}")),
+                Err(e) => {
+                    tracing::error!("{e} (RINGFAN_DRIVER=io_uring; RINGFAN_DRIVER=auto would fall back to epoll)");
+                    return Ok(ExitCode::from(EXIT_NO_IO_URING));
+                }
+            }
         }
+        DriverChoice::Auto => match ring::probe() {
+            Ok(f) => (true, format!("io_uring: {f}")),
+            Err(e) => {
+                tracing::warn!("{e}. Falling back to the epoll driver (RINGFAN_DRIVER=epoll silences this; RINGFAN_DRIVER=io_uring makes it fatal)");
+                (false, "epoll (io_uring refused, see above)".to_string())
+            }
+        },
     };
     // Signals are taken by sigwait on this thread; block them before any worker exists so every
     // thread inherits the mask.
@@ -165,22 +178,21 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         tracing::warn!(worker = id, "could not pin to core {}", core.id);
                     }
                 }
-                // The ring is built on the thread that uses it (single-issuer rings demand it).
-                let driver = match Uring::new(&ring_config) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return Ok(Stats::default());
-                    }
+                // The driver is built on the thread that uses it (single-issuer rings demand it).
+                let parts = WorkerParts {
+                    id,
+                    cfg,
+                    shared,
+                    rx,
+                    listener,
+                    publish_listener,
+                    ready_tx,
+                    start,
                 };
-                let _ = ready_tx.send(Ok((id, driver.doorbell())));
-                start.wait();
-                let metrics = cfg.metrics_listen.is_some();
-                let worker = Worker::new(id, cfg, driver, shared, rx, listener, publish_listener);
-                if metrics {
-                    worker.with_metrics().run()
+                if use_uring {
+                    parts.run(Uring::new(&ring_config).map_err(|e| e.to_string()))
                 } else {
-                    worker.run()
+                    parts.run(Epoll::new(&ring_config).map_err(|e| format!("epoll driver: {e}")))
                 }
             })?;
         handles.push(handle);
@@ -209,7 +221,7 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     start.wait();
 
     tracing::info!(%cfg, "ringfan starting");
-    tracing::info!("io_uring: {features}");
+    tracing::info!("driver: {driver_line}");
     println!("ringfan listening on {addr}");
     if let Some(p) = publish_addr {
         println!("ringfan publishers on {p}");
@@ -275,6 +287,48 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What a worker thread needs besides its driver.
+struct WorkerParts {
+    id: usize,
+    cfg: Arc<Config>,
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<ringfan::hub::Batch>,
+    listener: std::os::fd::OwnedFd,
+    publish_listener: Option<std::os::fd::OwnedFd>,
+    ready_tx: mpsc::Sender<Result<(usize, Doorbell), String>>,
+    start: Arc<Barrier>,
+}
+
+impl WorkerParts {
+    /// Reports the driver (or why it could not be built), waits for every worker, runs.
+    fn run<D: Driver>(self, driver: Result<D, String>) -> std::io::Result<Stats> {
+        let driver = match driver {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = self.ready_tx.send(Err(e));
+                return Ok(Stats::default());
+            }
+        };
+        let _ = self.ready_tx.send(Ok((self.id, driver.doorbell())));
+        self.start.wait();
+        let metrics = self.cfg.metrics_listen.is_some();
+        let worker = Worker::new(
+            self.id,
+            self.cfg,
+            driver,
+            self.shared,
+            self.rx,
+            self.listener,
+            self.publish_listener,
+        );
+        if metrics {
+            worker.with_metrics().run()
+        } else {
+            worker.run()
+        }
+    }
 }
 
 fn block_signals() -> libc::sigset_t {
