@@ -35,13 +35,20 @@ fn decode_split(input: &[u8], max: usize, cuts: &[usize]) -> (Vec<Vec<u8>>, bool
             lines.extend(c.lines().map(<[u8]>::to_vec));
         }
         failed |= out.error.is_some();
-        assert!(d.buffered_bytes() < max, "held {} bytes with limit {max}", d.buffered_bytes());
+        assert!(
+            d.buffered_bytes() < max,
+            "held {} bytes with limit {max}",
+            d.buffered_bytes()
+        );
     }
     (lines, failed)
 }
 
 fn bytes_with_newlines() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(prop_oneof![3 => Just(b'\n'), 1 => Just(b'\r'), 12 => any::<u8>()], 0..2048)
+    prop::collection::vec(
+        prop_oneof![3 => Just(b'\n'), 1 => Just(b'\r'), 12 => any::<u8>()],
+        0..2048,
+    )
 }
 
 proptest! {

@@ -47,21 +47,6 @@ fn scrape(addr: &str) -> HashMap<String, f64> {
     out
 }
 
-fn set_rcvbuf(s: &TcpStream, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt reads an int from a live local.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bytes as *const i32).cast(),
-            4,
-        )
-    };
-    assert_eq!(r, 0, "SO_RCVBUF");
-}
-
 fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("no series {key} in the scrape"))

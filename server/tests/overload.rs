@@ -19,21 +19,6 @@ fn expect_refused(addr: std::net::SocketAddr, what: &str) {
     assert_eq!(data, FULL, "{what}: got {}", show(&data));
 }
 
-fn set_rcvbuf(s: &TcpStream, bytes: i32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt reads an int from a live local.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bytes as *const i32).cast(),
-            4,
-        )
-    };
-    assert_eq!(r, 0, "SO_RCVBUF");
-}
-
 /// Writes `lines` numbered 64-byte lines in bursts of 1024, pausing `pause` between bursts.
 fn publish_numbered(
     mut w: TcpStream,

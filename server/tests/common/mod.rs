@@ -563,7 +563,19 @@ impl fmt::Display for TcpStates {
 }
 
 /// (local port, remote port, state) of every row of /proc/net/tcp and /proc/net/tcp6.
-pub fn tcp_rows() -> Vec<(u16, u16, u8)> {
+/// One row of /proc/net/tcp{,6}.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpRow {
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub state: u8,
+    /// For a LISTEN row: the accept backlog's length.
+    pub rx_queue: usize,
+    /// Timer kind: 0 none, 1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero-window probe.
+    pub timer: u8,
+}
+
+pub fn tcp_rows() -> Vec<TcpRow> {
     let mut rows = Vec::new();
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(path) else {
@@ -571,7 +583,7 @@ pub fn tcp_rows() -> Vec<(u16, u16, u8)> {
         };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 4 {
+            if f.len() < 6 {
                 continue;
             }
             let port_of = |a: &str| {
@@ -579,12 +591,28 @@ pub fn tcp_rows() -> Vec<(u16, u16, u8)> {
                     .next()
                     .and_then(|p| u16::from_str_radix(p, 16).ok())
             };
-            let (Some(lp), Some(rp), Ok(st)) =
+            let second = |a: &str| {
+                a.split(':')
+                    .nth(1)
+                    .and_then(|q| usize::from_str_radix(q, 16).ok())
+            };
+            let first = |a: &str| {
+                a.split(':')
+                    .next()
+                    .and_then(|t| u8::from_str_radix(t, 16).ok())
+            };
+            let (Some(local_port), Some(remote_port), Ok(state)) =
                 (port_of(f[1]), port_of(f[2]), u8::from_str_radix(f[3], 16))
             else {
                 continue;
             };
-            rows.push((lp, rp, st));
+            rows.push(TcpRow {
+                local_port,
+                remote_port,
+                state,
+                rx_queue: second(f[4]).unwrap_or(0),
+                timer: first(f[5]).unwrap_or(0xff),
+            });
         }
     }
     rows
@@ -593,10 +621,8 @@ pub fn tcp_rows() -> Vec<(u16, u16, u8)> {
 /// Server-side sockets: rows whose LOCAL port is `port`.
 pub fn tcp_states(port: u16) -> TcpStates {
     let mut s = TcpStates::default();
-    for (lp, _, st) in tcp_rows() {
-        if lp == port {
-            *s.counts.entry(st).or_insert(0) += 1;
-        }
+    for r in tcp_rows().into_iter().filter(|r| r.local_port == port) {
+        *s.counts.entry(r.state).or_insert(0) += 1;
     }
     s
 }
@@ -605,8 +631,8 @@ pub fn tcp_states(port: u16) -> TcpStates {
 pub fn tcp_states_of(local_port: u16, remote_port: u16) -> Vec<u8> {
     tcp_rows()
         .into_iter()
-        .filter(|&(lp, rp, _)| lp == local_port && rp == remote_port)
-        .map(|(_, _, st)| st)
+        .filter(|r| r.local_port == local_port && r.remote_port == remote_port)
+        .map(|r| r.state)
         .collect()
 }
 
@@ -1302,67 +1328,37 @@ pub fn assert_bytes_eq(actual: &[u8], expected: &[u8], ctx: &str) {
 // Process and listener views
 // ---------------------------------------------------------------------------------------------
 
-/// The accept backlog of the server's LISTEN socket(s) on `port`: rx_queue of the LISTEN rows in
-/// /proc/net/tcp{,6}, summed.
+/// The accept backlog of the server's LISTEN socket(s) on `port` (their rx_queue, summed).
 pub fn listen_backlog(port: u16) -> usize {
-    let mut total = 0;
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() < 5 || cols[3] != "0A" {
-                continue;
-            }
-            let local_port = cols[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port != Some(port) {
-                continue;
-            }
-            if let Some(rx) = cols[4]
-                .split(':')
-                .nth(1)
-                .and_then(|q| usize::from_str_radix(q, 16).ok())
-            {
-                total += rx;
-            }
-        }
-    }
-    total
+    tcp_rows()
+        .iter()
+        .filter(|r| r.local_port == port && r.state == 0x0A)
+        .map(|r| r.rx_queue)
+        .sum()
 }
 
-/// Timer kinds ("tr" column) of the server-side rows on `port` in state ESTABLISHED:
-/// 0 none, 1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero-window probe.
+/// Timer kinds of the server-side ESTABLISHED rows on `port` (see [`TcpRow::timer`]).
 pub fn established_timers(port: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() < 6 || cols[3] != "01" {
-                continue;
-            }
-            let local_port = cols[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port == Some(port) {
-                out.push(
-                    cols[5]
-                        .split(':')
-                        .next()
-                        .and_then(|t| u8::from_str_radix(t, 16).ok())
-                        .unwrap_or(0xff),
-                );
-            }
-        }
-    }
-    out
+    tcp_rows()
+        .iter()
+        .filter(|r| r.local_port == port && r.state == 0x01)
+        .map(|r| r.timer)
+        .collect()
+}
+
+/// Pins a socket's receive buffer (turning off autotuning), e.g. to make a reader slow.
+pub fn set_rcvbuf(s: &TcpStream, bytes: i32) {
+    // SAFETY: setsockopt reads an int from a live local.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const i32).cast(),
+            4,
+        )
+    };
+    assert_eq!(r, 0, "SO_RCVBUF");
 }
 
 /// Resident memory of `pid` in bytes (VmRSS).
