@@ -29,8 +29,11 @@
 #     protocol, and confirmed) minus VmRSS with none, divided by N (ringfan-load --scenario idle).
 #     User-space memory only: the kernel's socket memory is not in VmRSS (for any server).
 #   - a "generator ceiling" row per (N, S): ringfan-load against fanout-sink, a trivial server
-#     that writes pre-built buffers of valid messages as fast as it can. A server whose max-rate
-#     figure comes close to it is limited by the load generator, not by itself.
+#     that writes pre-built buffers of valid messages as fast as it can, with the sink's share of
+#     its core. With the sink well under 100 %, the figure is the generator's receive ceiling, and
+#     a server coming close to it is limited by the load generator, not by itself; with the sink
+#     near 100 % (large messages: loopback TCP costs the sending side about as much as the
+#     receiving one) it is a lower bound.
 # Then: the unbatched cost (N=5000 subscribers, 20 msgs/s in total, so every message is one
 # small send per subscriber): server CPU per delivery; and scripts/metrics-overhead.sh (ringfan
 # with metrics off and on).
@@ -181,13 +184,6 @@ fmt_us() { # microseconds -> human
     awk -v v="$1" 'BEGIN { if (v >= 1000000) printf "%.2f s", v/1e6; else if (v >= 1000) printf "%.1f ms", v/1e3; else printf "%.0f µs", v }'
 }
 fmt_cpu() { [ "$1" = na ] && echo "n/a" || printf "%.3f" "$1"; }
-note_problems() { # extra words for a row from the summary line (lost, disconnected)
-    local l=$1 d
-    d=$(field disconnected "$l")
-    [ -n "$d" ] && [ "$d" != 0 ] && echo -n " ($d subscribers disconnected)"
-    true
-}
-
 available_servers=""
 for s in $servers; do
     if available "$s"; then available_servers="$available_servers $s"; else log "$(install_hint "$s") — skipped"; fi
@@ -220,25 +216,29 @@ for size in $sizes; do
     for subs in $subs_list; do
         rate=$(awk -v d="$(fixed_deliveries "$subs" "$size")" -v n="$subs" 'BEGIN { printf "%g", d / n }')
         # generator ceiling
-        vals=()
+        vals=(); sink_cpu=()
         for r in $(seq "$runs"); do
             log "generator ceiling: N=$subs S=$size run $r/$runs"
             start sink "$subs" "$size" || continue
             line=$(load --subscribers "$subs" --size "$size" --rate 1 --duration "$secs" --warmup "$warmup" --drain 0)
             stop
             vals+=("$(field delivered_msgs_per_s "$line")")
+            # The sink's share of its core in the window: well under 100 % = the generator is the limit.
+            sink_cpu+=("$(awk -v c="$(field server_cpu_s "$line")" -v d="$secs" 'BEGIN { if (c != "" && c != "na") printf "%.0f", 100 * c / d }')")
+            log "  -> $(field delivered_msgs_per_s "$line") msgs/s, sink CPU ${sink_cpu[-1]} %"
         done
         read -r med lo hi < <(stats "${vals[@]}")
-        echo "ceiling|$subs|$size|$med|$lo|$hi" >>"$results"
+        read -r sc _ _ < <(stats "${sink_cpu[@]}")
+        echo "ceiling|$subs|$size|$med|$lo|$hi|$sc" >>"$results"
         for server in $available_servers; do
-            max=(); notes=""
+            max=(); disc=()
             for r in $(seq "$runs"); do
                 log "$server N=$subs S=$size max rate, run $r/$runs"
                 start "$server" || continue
                 line=$(load --subscribers "$subs" --size "$size" --duration "$secs" --warmup "$warmup" --drain 0)
                 stop
                 max+=("$(field delivered_msgs_per_s "$line")")
-                notes="$notes$(note_problems "$line")"
+                disc+=("$(field disconnected "$line")")
                 log "  -> $(field delivered_msgs_per_s "$line") msgs/s, disconnected $(field disconnected "$line")"
             done
             cpu=(); p50=(); p99=(); fixed_lost=()
@@ -252,6 +252,10 @@ for size in $sizes; do
                 fixed_lost+=("$(field lost "$line")")
                 log "  -> CPU $(field server_cpu_s_per_m "$line") s/M, p50 $(field p50_us "$line") µs, p99 $(field p99_us "$line") µs, lost $(field lost "$line")"
             done
+            notes=""
+            if printf '%s\n' "${disc[@]}" | grep -qv '^0$'; then
+                notes=" (subscribers disconnected by the server, per run: $(printf '%s\n' "${disc[@]}" | paste -sd, - | sed 's/,/, /g'))"
+            fi
             read -r mm ml mh < <(stats "${max[@]}")
             read -r cm cl ch < <(stats "${cpu[@]}")
             read -r p50m _ _ < <(stats "${p50[@]}")
@@ -298,7 +302,7 @@ echo "| server | N | S | delivered msgs/s at max rate, median (min–max) | fixe
 echo "|---|---|---|---|---|---|---|---|"
 while IFS='|' read -r server subs size a b c d e f g h rate lostmax notes; do
     if [ "$server" = ceiling ]; then
-        printf '| *generator ceiling* (fanout-sink) | %s | %s | %s (%s–%s) | | | | |\n' "$subs" "$size" \
+        printf '| *generator ceiling* (fanout-sink; its CPU: %s %%) | %s | %s | %s (%s–%s) | | | | |\n' "$d" "$subs" "$size" \
             "$(fmt_int "$a")" "$(fmt_int "$b")" "$(fmt_int "$c")"
         continue
     fi
@@ -313,7 +317,7 @@ while IFS='|' read -r server subs size a b c d e f g h rate lostmax notes; do
         "$(fmt_cpu "$d")" "$(fmt_cpu "$e")" "$(fmt_cpu "$f")" "$lat" "$rss_cell"
 done <"$results"
 echo
-echo "Max rate: one publisher writing as fast as the server reads; delivered = messages received in the measured window, whenever sent. Fixed rate: one publisher paced in 1 ms ticks. CPU (utime+stime of the server process) is sampled over the measured window only; CPU-s per M deliveries = CPU-µs per delivery. A note 'N subscribers disconnected' means the server dropped that many lagging subscribers in some run."
+echo "Max rate: one publisher writing as fast as the server reads; delivered = messages received in the measured window, whenever sent. Fixed rate: one publisher paced in 1 ms ticks. CPU (utime+stime of the server process) is sampled over the measured window only; CPU-s per M deliveries = CPU-µs per delivery. Subscribers disconnected at max rate: the server evicted subscribers that fell behind (the generator could not keep up)."
 echo
 echo "Unbatched: N = $unbatched_subs subscribers, $unbatched_rate msgs/s in total, 64 B (every message is one small send per subscriber):"
 echo

@@ -1,7 +1,8 @@
 //! `fanout-sink`: a trivial "server" that measures the load generator, not a server.
 //!
 //! It accepts connections speaking ringfan's line protocol and writes pre-built 64 KiB buffers
-//! of valid `@0:<seq>:<send_ts_ns>;xxx…\n` messages to its subscribers as fast as their sockets
+//! of valid `@0:<seq>:<send_ts_ns>;xxx…\n` messages (fixed-width fields, so refreshing a
+//! buffer only overwrites digits) to its subscribers as fast as their sockets
 //! take them, with no broadcasting logic at all: one buffer (timestamps refreshed each time it
 //! is rebuilt) is sent to every subscriber, whole, in order. `scripts/bench.sh` points
 //! `ringfan-load` at it to find how many messages per second the generator can receive (the
@@ -13,7 +14,9 @@
 //!
 //! Messages of one subscriber have strictly increasing seqs, but a subscriber that was not
 //! writable when a buffer was current skips it, so the generator reports gaps (`lost`) here:
-//! only its receive rate means something.
+//! only its receive rate means something. A connection gets up to 8 buffers per readiness
+//! event; a buffer is rebuilt (fresh seqs and timestamps) when a connection has already had
+//! the current one.
 //!
 //!   fanout-sink [--listen 127.0.0.1:0] [--size 64] [--subscribers N] [--max-seconds 600]
 //!
@@ -104,21 +107,68 @@ fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Fills `out` with as many whole messages of `size` bytes as fit in 64 KiB, seqs from `*seq`.
-fn build(out: &mut Vec<u8>, size: usize, seq: &mut u64) {
-    out.clear();
-    let ts = now_ns();
-    let n = (BUFFER_BYTES / size).max(1);
-    for _ in 0..n {
-        *seq += 1;
-        let start = out.len();
-        write!(out, "@0:{}:{};", *seq, ts).expect("write to Vec");
-        let used = out.len() - start;
-        out.resize(start + size - 1, b'x');
-        debug_assert!(used < size);
-        out.push(b'\n');
+/// Message layout (every field fixed-width, so a refresh only overwrites digits):
+/// `@0:` + seq (8 digits of buffer number, 4 of index in the buffer) + `:` + timestamp (19
+/// digits, CLOCK_MONOTONIC ns) + `;` + `x` padding + `\n`. Leading zeros are valid digits for
+/// the generator's scanner. Seqs jump between buffers (gaps), they never go back.
+const BASE_AT: usize = 3;
+const BASE_DIGITS: usize = 8;
+const INDEX_DIGITS: usize = 4;
+const TS_AT: usize = BASE_AT + BASE_DIGITS + INDEX_DIGITS + 1;
+const TS_DIGITS: usize = 19;
+const MARKER_BYTES: usize = TS_AT + TS_DIGITS + 1;
+
+/// Decimal digits of `v`, zero-padded to `out.len()` (the high digits are dropped if longer).
+fn digits(mut v: u64, out: &mut [u8]) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
     }
 }
+
+/// A buffer of as many whole `size`-byte messages as fit in 64 KiB (at least one).
+fn template(size: usize) -> Vec<u8> {
+    let n = (BUFFER_BYTES / size).max(1);
+    let mut out = Vec::with_capacity(n * size);
+    for i in 0..n {
+        let start = out.len();
+        out.extend_from_slice(b"@0:");
+        out.resize(start + TS_AT, b'0');
+        digits(i as u64, &mut out[start + BASE_AT + BASE_DIGITS..start + TS_AT - 1]);
+        out[start + TS_AT - 1] = b':';
+        out.resize(start + MARKER_BYTES - 1, b'0');
+        out.push(b';');
+        out.resize(start + size - 1, b'x');
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Stamps buffer number `base` and the time now into every message of `buf`.
+fn stamp(buf: &mut [u8], size: usize, base: u64) {
+    let mut b = [0u8; BASE_DIGITS];
+    let mut t = [0u8; TS_DIGITS];
+    digits(base, &mut b);
+    digits(now_ns(), &mut t);
+    for m in buf.chunks_exact_mut(size) {
+        m[BASE_AT..BASE_AT + BASE_DIGITS].copy_from_slice(&b);
+        m[TS_AT..TS_AT + TS_DIGITS].copy_from_slice(&t);
+    }
+}
+
+/// Replaces the current buffer by a fresh one (next buffer number, timestamps now), reusing
+/// its memory when no connection still holds it.
+fn refresh(cur: &mut Arc<Vec<u8>>, gen: &mut u64, size: usize) {
+    *gen += 1;
+    if Arc::get_mut(cur).is_none() {
+        *cur = Arc::new(cur.as_ref().clone());
+    }
+    let v = Arc::get_mut(cur).expect("unique buffer");
+    stamp(v, size, *gen);
+}
+
+/// Most buffers written to one connection per readiness event.
+const BUFFERS_PER_EVENT: usize = 8;
 
 struct Conn {
     fd: RawFd,
@@ -150,6 +200,10 @@ fn main() {
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");
+    // std listens with a backlog of 128; a sink busy writing accepts late, and 10000 clients
+    // connecting at once would wait for SYN retransmits. listen(2) again raises the backlog.
+    // SAFETY: plain syscall on our listening socket.
+    unsafe { libc::listen(listener.as_raw_fd(), 65535) };
     println!(
         "fanout-sink listening on {}",
         listener.local_addr().expect("local addr")
@@ -170,11 +224,9 @@ fn main() {
 
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut accepted = 0usize;
-    let mut seq = 0u64;
     let mut gen = 1u64;
-    let mut cur = Arc::new(Vec::with_capacity(BUFFER_BYTES + cfg.size));
-    build(Arc::get_mut(&mut cur).unwrap(), cfg.size, &mut seq);
-    let mut want_new = false;
+    let mut cur = Arc::new(template(cfg.size));
+    stamp(Arc::get_mut(&mut cur).expect("unique buffer"), cfg.size, gen);
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 4096];
     let mut scratch = vec![0u8; 64 << 10];
     let deadline = Instant::now() + Duration::from_secs(cfg.max_seconds);
@@ -182,20 +234,6 @@ fn main() {
 
     // Bounded by --max-seconds (and SIGINT/SIGTERM).
     while !STOP.load(Relaxed) && Instant::now() < deadline {
-        if want_new {
-            // Refresh the timestamps: reuse the buffer if no connection still holds it.
-            match Arc::get_mut(&mut cur) {
-                Some(v) => build(v, cfg.size, &mut seq),
-                None => {
-                    let mut v = Vec::with_capacity(BUFFER_BYTES + cfg.size);
-                    build(&mut v, cfg.size, &mut seq);
-                    cur = Arc::new(v);
-                }
-            }
-            gen += 1;
-            buffers += 1;
-            want_new = false;
-        }
         // SAFETY: `events` is a live array of the given length.
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 100) };
         if n < 0 {
@@ -280,17 +318,19 @@ fn main() {
                 }
             }
             if !close && c.writer && flags & libc::EPOLLOUT as u32 != 0 {
-                if c.buf.is_none() {
-                    if c.gen == gen {
-                        // Already sent the current buffer: a fresh one next turn.
-                        want_new = true;
-                    } else {
+                // Bounded: at most BUFFERS_PER_EVENT buffers, and it stops when the socket is full.
+                for _ in 0..BUFFERS_PER_EVENT {
+                    if c.buf.is_none() {
+                        if c.gen == gen {
+                            // This connection already has the current buffer: a fresh one.
+                            refresh(&mut cur, &mut gen, cfg.size);
+                            buffers += 1;
+                        }
                         c.buf = Some(cur.clone());
                         c.gen = gen;
                         c.off = 0;
                     }
-                }
-                if let Some(b) = &c.buf {
+                    let b = c.buf.as_ref().expect("buffer just set");
                     // SAFETY: sends from the live buffer, within its length.
                     let r = unsafe {
                         libc::send(
@@ -303,15 +343,16 @@ fn main() {
                     if r > 0 {
                         c.off += r as usize;
                         sent_bytes += r as u64;
-                        if c.off == b.len() {
-                            c.buf = None;
-                            want_new = true;
+                        if c.off < b.len() {
+                            break; // the socket took only part: it is full
                         }
-                    } else if r < 0 {
+                        c.buf = None;
+                    } else {
                         let e = std::io::Error::last_os_error().raw_os_error();
-                        if !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                        if r == 0 || !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR)) {
                             close = true;
                         }
+                        break;
                     }
                 }
             }
