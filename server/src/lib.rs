@@ -6,6 +6,8 @@ pub mod conn;
 pub mod hub;
 pub mod metrics;
 pub mod net;
+#[cfg(test)]
+mod sim;
 pub mod stats;
 #[cfg(test)]
 mod transitions;
