@@ -173,10 +173,12 @@ load() { # runs ringfan-load on the load cores against the current server; print
     taskset -c "$load_cpus" "$bin/ringfan-load" --proto "$proto" --addr "127.0.0.1:$port" \
         --server-pid "$server_pid" --connect-rate 10000 "$@" 2>"$tmp/load.err" || true
 }
-# stats V...: "median min max" of the numeric values given (non-numbers ignored); "na na na" if none.
+# stats V...: "median min max" (median of an even count: mean of the middle two) of the numeric values given (non-numbers ignored); "na na na" if none.
 stats() {
     printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g |
-        awk '{a[NR]=$1} END { if (NR == 0) print "na na na"; else print a[int((NR+1)/2)], a[1], a[NR] }'
+        awk '{a[NR]=$1} END { if (NR == 0) { print "na na na"; exit }
+                              m = NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2
+                              print m, a[1], a[NR] }'
 }
 fmt_int() { [ "$1" = na ] && echo "n/a" || printf "%'.0f" "$1"; }
 fmt_us() { # microseconds -> human
