@@ -46,7 +46,7 @@ for i in $(seq "$repeats"); do
     read -r r c u < <(run ""); off_rate+=("$r"); off_cpu+=("$c"); off_user+=("$u")
     read -r r c u < <(run "127.0.0.1:0"); on_rate+=("$r"); on_cpu+=("$c"); on_user+=("$u")
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {m = NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; if (m >= 1000) printf "%.0f\n", m; else printf "%.4g\n", m}'; }
 mo=$(median "${off_rate[@]}"); mc=$(median "${off_cpu[@]}"); mu=$(median "${off_user[@]}")
 no=$(median "${on_rate[@]}"); nc=$(median "${on_cpu[@]}"); nu=$(median "${on_user[@]}")
 echo "# scripts/metrics-overhead.sh $subs $rate $secs $repeats  (median of $repeats, server on core 0, load on core 1)"
