@@ -134,7 +134,10 @@ fn template(size: usize) -> Vec<u8> {
         let start = out.len();
         out.extend_from_slice(b"@0:");
         out.resize(start + TS_AT, b'0');
-        digits(i as u64, &mut out[start + BASE_AT + BASE_DIGITS..start + TS_AT - 1]);
+        digits(
+            i as u64,
+            &mut out[start + BASE_AT + BASE_DIGITS..start + TS_AT - 1],
+        );
         out[start + TS_AT - 1] = b':';
         out.resize(start + MARKER_BYTES - 1, b'0');
         out.push(b';');
@@ -226,7 +229,11 @@ fn main() {
     let mut accepted = 0usize;
     let mut gen = 1u64;
     let mut cur = Arc::new(template(cfg.size));
-    stamp(Arc::get_mut(&mut cur).expect("unique buffer"), cfg.size, gen);
+    stamp(
+        Arc::get_mut(&mut cur).expect("unique buffer"),
+        cfg.size,
+        gen,
+    );
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 4096];
     let mut scratch = vec![0u8; 64 << 10];
     let deadline = Instant::now() + Duration::from_secs(cfg.max_seconds);
