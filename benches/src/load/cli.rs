@@ -125,6 +125,8 @@ Latency = receive time - send time (CLOCK_MONOTONIC), for messages sent in the m
 lost = messages sent in the measured window that a subscriber never received by the end of the
 drain (gaps, plus what was still missing; disconnected subscribers included);
 reordered = messages whose seq was not above the last one seen from that publisher.
+stale = markers stamped before this run's publishers started (a reused server still delivering
+what an earlier run's publishers sent); ignored otherwise.
 server_cpu_s (with --server-pid) = the server's user+system CPU over the measured window;
 server_cpu_s_per_m = that per million deliveries (delivered); server_user_s(_per_m): user space
 only.

@@ -302,6 +302,7 @@ pub fn run(cfg: &Config) -> i32 {
     };
     shared.measure_start.store(timing.measure_start, Relaxed);
     shared.measure_end.store(timing.measure_end, Relaxed);
+    shared.run_start.store(start, Relaxed);
     let mut running = Vec::new();
     for (id, s) in pubs {
         match publish::start(id, s, cfg, &timing, shared.clone(), counters.clone()) {
@@ -400,6 +401,7 @@ pub fn run(cfg: &Config) -> i32 {
     // Merge.
     let mut hist = new_histogram();
     let mut window_msgs = 0u64;
+    let mut stale = 0u64;
     let (mut msgs, mut lost_gaps, mut lost_tail, mut reordered, mut malformed) = (0, 0, 0, 0, 0);
     let (mut eof, mut resets, mut never_ready, mut rearms, mut enobufs, mut pongs) =
         (0, 0, 0, 0, 0, 0);
@@ -416,6 +418,7 @@ pub fn run(cfg: &Config) -> i32 {
         lost_tail += r.lost_tail;
         reordered += r.reordered;
         malformed += r.malformed;
+        stale += r.stale;
         eof += r.eof;
         resets += r.resets;
         never_ready += r.never_ready;
@@ -489,6 +492,7 @@ pub fn run(cfg: &Config) -> i32 {
     rep.put("lost", lost_gaps + lost_tail)
         .put("reordered", reordered)
         .put("malformed", malformed)
+        .put("stale", stale)
         .put("disconnected", eof + resets)
         .put("conn_failed", conn_failed as u64)
         .put("unconfirmed", unconfirmed as u64)

@@ -28,6 +28,10 @@ pub struct Shared {
     pub measure_start: AtomicU64,
     /// End of the measured window (u64::MAX until known).
     pub measure_end: AtomicU64,
+    /// When the publishers started (u64::MAX until then). A marker stamped earlier is not ours:
+    /// a server reused right after another run still broadcasts what that run's publishers
+    /// sent before they closed. Such markers are counted as `stale` and otherwise ignored.
+    pub run_start: AtomicU64,
     /// Per publisher: first seq sent in the measured window (0 = none yet).
     pub first_measured: Vec<AtomicU64>,
     /// Per publisher: last seq completely written (final once the publisher has stopped).
@@ -44,6 +48,7 @@ impl Shared {
             disconnected: AtomicUsize::new(0),
             measure_start: AtomicU64::new(u64::MAX),
             measure_end: AtomicU64::new(u64::MAX),
+            run_start: AtomicU64::new(u64::MAX),
             first_measured: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
             last_sent: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
         })
@@ -68,6 +73,8 @@ pub struct RecvResult {
     pub lost_tail: u64,
     pub reordered: u64,
     pub malformed: u64,
+    /// Markers stamped before this run's publishers started (see `Shared::run_start`).
+    pub stale: u64,
     pub eof: u64,
     pub resets: u64,
     pub never_ready: u64,
@@ -113,6 +120,7 @@ impl RecvResult {
             lost_tail: 0,
             reordered: 0,
             malformed: 0,
+            stale: 0,
             eof: 0,
             resets: 0,
             never_ready: 0,
@@ -138,6 +146,8 @@ struct Acc {
     now: u64,
     measure_start: u64,
     measure_end: u64,
+    run_start: u64,
+    stale: u64,
     all: u64,
     /// Markers received in [measure_start, measure_end) by receive time.
     window: u64,
@@ -160,6 +170,10 @@ impl Acc {
         let p = m.publisher as usize;
         if p >= last.len() || m.seq == 0 {
             self.malformed += 1;
+            return;
+        }
+        if m.ts < self.run_start {
+            self.stale += 1;
             return;
         }
         self.all += 1;
@@ -253,6 +267,8 @@ fn run(
         now: 0,
         measure_start: u64::MAX,
         measure_end: u64::MAX,
+        run_start: u64::MAX,
+        stale: 0,
         all: 0,
         window: 0,
         msgs: 0,
@@ -288,6 +304,7 @@ fn run(
         drv.completions(&mut cqes);
         acc.measure_start = shared.measure_start.load(Relaxed);
         acc.measure_end = shared.measure_end.load(Relaxed);
+        acc.run_start = shared.run_start.load(Relaxed);
         for c in &cqes {
             if c.user_data.op() != Some(Op::Recv) {
                 continue;
@@ -404,6 +421,7 @@ fn run(
         lost_tail,
         reordered: acc.reordered,
         malformed: acc.malformed,
+        stale: acc.stale,
         eof,
         resets,
         never_ready,
