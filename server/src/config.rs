@@ -396,7 +396,7 @@ impl fmt::Display for Config {
 }
 
 /// "65536", "64KiB", "64k", "4MiB", "4M", "1GiB" (binary multiples).
-fn parse_bytes(s: &str) -> Option<usize> {
+pub fn parse_bytes(s: &str) -> Option<usize> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, suffix) = s.split_at(split);

@@ -679,7 +679,7 @@ fn config() -> Result<Config, String> {
     };
     let max_frame_bytes = match get("RINGFAN_MAX_FRAME_BYTES")? {
         None => 65536,
-        Some(v) => parse_bytes(&v)
+        Some(v) => ringfan::config::parse_bytes(&v)
             .filter(|n| (2..=1 << 30).contains(n))
             .ok_or_else(|| {
                 invalid(
@@ -709,22 +709,6 @@ fn config() -> Result<Config, String> {
         max_frame_bytes,
         channel_capacity,
     })
-}
-
-/// "65536", "64KiB", "64k", "4MiB", "4M", "1GiB" (binary multiples), as ringfan accepts.
-fn parse_bytes(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, suffix) = s.split_at(split);
-    let n: usize = digits.parse().ok()?;
-    let mult: usize = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return None,
-    };
-    n.checked_mul(mult)
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit (one descriptor per connection).
