@@ -1487,7 +1487,7 @@ impl SimDriver {
 ///
 /// # Safety
 /// `msg` and every buffer it points to must be valid.
-unsafe fn read_msg(msg: *const libc::msghdr) -> Vec<u8> {
+pub(crate) unsafe fn read_msg(msg: *const libc::msghdr) -> Vec<u8> {
     let mut data = Vec::new();
     // SAFETY: guaranteed by the caller.
     unsafe {

@@ -52,18 +52,8 @@ impl Driver for Script {
         self.subs.push(Sub::Recv(fd, ud));
     }
     unsafe fn send_msg(&mut self, fd: RawFd, msg: *const libc::msghdr, ud: UserData) {
-        let mut data = Vec::new();
         // SAFETY: the caller keeps msg and its iovecs valid until the completion; we copy now.
-        unsafe {
-            let m = &*msg;
-            for i in 0..m.msg_iovlen {
-                let v = &*m.msg_iov.add(i);
-                data.extend_from_slice(std::slice::from_raw_parts(
-                    v.iov_base as *const u8,
-                    v.iov_len,
-                ));
-            }
-        }
+        let data = unsafe { crate::sim::read_msg(msg) };
         self.subs.push(Sub::Send(fd, ud, data));
     }
     fn shutdown_write(&mut self, fd: RawFd, ud: UserData) {

@@ -120,6 +120,24 @@ fn raw_io_uring_setup_works() -> bool {
 // Running the binary
 // ---------------------------------------------------------------------------------------------
 
+/// Calls `f` with each line (newline kept) read from `r` until EOF or an error.
+fn read_lines_until_eof(r: impl Read, mut f: impl FnMut(String)) {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => f(String::from_utf8_lossy(&buf).to_string()),
+        }
+    }
+}
+
+/// [`read_lines_until_eof`] on a thread of its own.
+fn read_lines_in_thread(r: impl Read + Send + 'static, f: impl FnMut(String) + Send + 'static) {
+    thread::spawn(move || read_lines_until_eof(r, f));
+}
+
 /// A `ringfan` command with a clean `RINGFAN_*` environment plus `RINGFAN_LISTEN=127.0.0.1:0` and
 /// `RINGFAN_PIN=0`, then `env` applied on top. The child gets SIGKILL if the spawning thread dies
 /// (a safety net so a panicking test never leaves a server behind).
@@ -246,20 +264,10 @@ impl Server {
         let stderr_lines = Arc::new(Mutex::new(Vec::new()));
         {
             let lines = stderr_lines.clone();
-            let mut r = BufReader::new(child.stderr.take().unwrap());
-            thread::spawn(move || {
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match r.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let s = String::from_utf8_lossy(&buf).trim_end().to_string();
-                            eprintln!("[ringfan {pid}] {s}");
-                            lines.lock().unwrap().push(s);
-                        }
-                    }
-                }
+            read_lines_in_thread(child.stderr.take().unwrap(), move |line| {
+                let s = line.trim_end().to_string();
+                eprintln!("[ringfan {pid}] {s}");
+                lines.lock().unwrap().push(s);
             });
         }
 
@@ -269,20 +277,12 @@ impl Server {
         {
             let lines = stdout_lines.clone();
             let closed = stdout_closed.clone();
-            let mut r = BufReader::new(child.stdout.take().unwrap());
+            let r = child.stdout.take().unwrap();
             thread::spawn(move || {
-                let mut buf = Vec::new();
-                loop {
-                    buf.clear();
-                    match r.read_until(b'\n', &mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            let s = String::from_utf8_lossy(&buf).to_string();
-                            lines.lock().unwrap().push(s.clone());
-                            let _ = tx.send(s);
-                        }
-                    }
-                }
+                read_lines_until_eof(r, |line| {
+                    lines.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                });
                 closed.store(true, Ordering::Release);
             });
         }
