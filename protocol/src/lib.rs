@@ -199,9 +199,9 @@ mod tests {
     #[test]
     fn limit_counts_the_newline() {
         assert_eq!(run(4, b"abc\n", &[]), (vec![b"abc\n".to_vec()], false));
-        assert_eq!(run(4, b"abcd\n", &[]).1, true);
+        assert!(run(4, b"abcd\n", &[]).1);
         // Partial line reaching the limit without a newline can never become valid.
-        assert_eq!(run(4, b"abcd", &[]).1, true);
+        assert!(run(4, b"abcd", &[]).1);
         assert_eq!(run(4, b"abc", &[]), (vec![], false));
     }
 
@@ -266,7 +266,7 @@ mod tests {
             let len = (rng.next() % 300) as usize;
             let input: Vec<u8> = (0..len)
                 .map(|_| {
-                    if rng.next() % 8 == 0 {
+                    if rng.next().is_multiple_of(8) {
                         b'\n'
                     } else {
                         rng.next() as u8

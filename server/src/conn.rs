@@ -589,7 +589,7 @@ mod tests {
         let (msg, bytes) = c.prepare_send();
         assert_eq!(bytes, IOV_MAX * 2);
         // SAFETY: msg points into c.send, alive here.
-        assert_eq!(unsafe { (*msg).msg_iovlen } as usize, IOV_MAX);
+        assert_eq!(unsafe { (*msg).msg_iovlen }, IOV_MAX);
     }
 
     #[test]

@@ -297,10 +297,10 @@ impl Server {
             exit: None,
         };
         let deadline = Instant::now() + START_TIMEOUT;
-        let line = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = {
             match rx.recv_timeout(left) {
-                Ok(line) => break line,
+                Ok(line) => line,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     let _ = server.child.kill();
                     thread::sleep(Duration::from_millis(50));
@@ -998,13 +998,11 @@ pub fn sync_clients_opts(clients: &mut [Client], sender: usize, echo: bool) {
         if i == sender && !echo {
             continue;
         }
-        loop {
-            match c.read_line(deadline) {
-                Ok(Some(l)) if l.starts_with(prefix.as_bytes()) => break,
-                Ok(Some(l)) => panic!("sync: client {i} got unexpected line {}", show(&l)),
-                Ok(None) => panic!("sync: client {i} got EOF before any sync line"),
-                Err(e) => panic!("sync: client {i} never received a sync line: {e}"),
-            }
+        match c.read_line(deadline) {
+            Ok(Some(l)) if l.starts_with(prefix.as_bytes()) => {}
+            Ok(Some(l)) => panic!("sync: client {i} got unexpected line {}", show(&l)),
+            Ok(None) => panic!("sync: client {i} got EOF before any sync line"),
+            Err(e) => panic!("sync: client {i} never received a sync line: {e}"),
         }
     }
     drop(guard);
