@@ -33,6 +33,8 @@ pub struct Config {
     pub keepalive_secs: u32,
     /// Zero: the kernel's default.
     pub user_timeout_ms: u32,
+    /// TCP_NOTSENT_LOWAT of every connection; zero: the kernel's default (no limit).
+    pub notsent_lowat: u32,
     pub publish_listen: Option<SocketAddr>,
     pub driver: DriverChoice,
 }
@@ -115,6 +117,7 @@ const VARS: &[Var] = &[
     Var { name: "RINGFAN_MAX_CONNECTIONS", default: "open-file limit - headroom", help: "connections over this are sent -ERR server full and closed at once" },
     Var { name: "RINGFAN_KEEPALIVE_SECS", default: "60", help: "TCP keepalive idle time, so a peer that vanished is found (0: off)" },
     Var { name: "RINGFAN_USER_TIMEOUT_MS", default: "30000", help: "TCP_USER_TIMEOUT: unacknowledged data older than this resets the connection (0: kernel default)" },
+    Var { name: "RINGFAN_NOTSENT_LOWAT", default: "131072", help: "TCP_NOTSENT_LOWAT: unsent bytes the kernel holds per connection; the rest waits in ringfan's queue, shared by all subscribers (0: kernel default)" },
     Var { name: "RINGFAN_PUBLISH_LISTEN", default: "off", help: "if set, only connections accepted on this address:port may publish; lines from RINGFAN_LISTEN are discarded" },
     Var { name: "RINGFAN_DRIVER", default: "auto", help: "auto (io_uring, else epoll with a warning saying why), io_uring (fail without it) or epoll" },
     Var { name: "RINGFAN_METRICS_LISTEN", default: "off", help: "address:port serving Prometheus metrics at /metrics (e.g. 127.0.0.1:9100); unset or empty: off" },
@@ -311,6 +314,7 @@ impl Config {
                 86_400_000,
                 " (milliseconds, 0: kernel default)",
             )? as u32,
+            notsent_lowat: size("RINGFAN_NOTSENT_LOWAT", 128 << 10, 0, 1 << 30)? as u32,
             publish_listen: optional_addr("RINGFAN_PUBLISH_LISTEN")?,
             driver,
             threads: int("RINGFAN_THREADS", cores as u64, 1, 1024, "")? as usize,
@@ -366,7 +370,7 @@ impl fmt::Display for Config {
              close_timeout_ms={} shutdown_timeout_ms={} read_budget_bytes={} recv_buffers={} \
              recv_buffer_bytes={} ring_entries={} listen_backlog={} slow_consumer={:?} \
              slow_consumer_timeout_ms={} max_connections={} keepalive_secs={} user_timeout_ms={} \
-             publish_listen={} metrics_listen={} driver={:?}",
+             notsent_lowat={} publish_listen={} metrics_listen={} driver={:?}",
             self.listen,
             self.threads,
             self.pin,
@@ -386,6 +390,7 @@ impl fmt::Display for Config {
                 .map_or("derived".to_string(), |n| n.to_string()),
             self.keepalive_secs,
             self.user_timeout_ms,
+            self.notsent_lowat,
             self.publish_listen
                 .map_or("off".to_string(), |a| a.to_string()),
             self.metrics_listen

@@ -143,10 +143,25 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
 }
 
 /// Options for every accepted connection: no Nagle; keepalive after `keepalive_secs` idle (then
-/// probes every `keepalive_secs / 6`, at least 1 s, 6 of them) so a vanished peer is found; and
-/// TCP_USER_TIMEOUT so unacknowledged data (or a zero window) cannot hold a socket forever.
-pub fn tune_accepted(fd: RawFd, keepalive_secs: u32, user_timeout_ms: u32) -> io::Result<()> {
+/// probes every `keepalive_secs / 6`, at least 1 s, 6 of them) so a vanished peer is found;
+/// TCP_USER_TIMEOUT so unacknowledged data (or a zero window) cannot hold a socket forever; and
+/// TCP_NOTSENT_LOWAT, so that what a subscriber cannot take yet waits in the server's queue (one
+/// copy shared by every subscriber) instead of a private copy in each socket's send buffer.
+pub fn tune_accepted(
+    fd: RawFd,
+    keepalive_secs: u32,
+    user_timeout_ms: u32,
+    notsent_lowat: u32,
+) -> io::Result<()> {
     set_nodelay(fd)?;
+    if notsent_lowat > 0 {
+        setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &(notsent_lowat as i32),
+        )?;
+    }
     if keepalive_secs > 0 {
         let interval = (keepalive_secs / 6).max(1) as i32;
         setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, &1i32)?;

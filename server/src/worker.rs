@@ -357,7 +357,12 @@ impl<D: Driver> Worker<D> {
             }
             return;
         }
-        if let Err(e) = net::tune_accepted(fd, self.cfg.keepalive_secs, self.cfg.user_timeout_ms) {
+        if let Err(e) = net::tune_accepted(
+            fd,
+            self.cfg.keepalive_secs,
+            self.cfg.user_timeout_ms,
+            self.cfg.notsent_lowat,
+        ) {
             self.log_unexpected_io("setsockopt on an accepted connection", &e);
         }
         let slot = self.conn_open(fd);

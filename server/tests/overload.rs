@@ -210,6 +210,81 @@ fn never_reading_subscriber_is_evicted_fast_ones_get_everything() {
     server.assert_clean(0, Duration::from_secs(3), "after every client left");
 }
 
+/// RINGFAN_NOTSENT_LOWAT: what a stalled subscriber cannot take yet waits in ringfan's queue,
+/// one copy shared by every subscriber, not as a private copy in its socket's send buffer; once
+/// it reads, it gets every line in order. With the option off, the kernel holds the backlog.
+#[test]
+fn unsent_backlog_waits_in_the_server_not_in_the_socket() {
+    if !require_io_uring() {
+        return;
+    }
+    let _g = serial();
+    // 768 KiB: under the flow-control threshold (a quarter of the default 4 MiB queue limit).
+    let lines = 12 * 1024;
+    // The bound: the low-water mark plus one more segment of up to 64 KiB that the kernel may
+    // still be filling when it crosses the mark.
+    for (lowat, kernel_bound) in [("16KiB", Some(128usize << 10)), ("0", None)] {
+        let server = Server::start(&[("RINGFAN_NOTSENT_LOWAT", lowat), ("RINGFAN_ECHO", "0")]);
+        let mut clients = connect_n(server.addr(), 2);
+        sync_clients_opts(&mut clients, 0, false);
+        // Not reading: once its receive buffer is full, the rest waits on the server's side.
+        let mut slow = clients.pop().unwrap();
+        let slow_port = slow.local_port();
+        let publisher = clients.pop().unwrap();
+        let w = publish_numbered(publisher.writer(), lines, Duration::from_millis(1))
+            .join()
+            .unwrap();
+        // The server's socket toward the stalled subscriber: bytes it holds (sent or not) that
+        // the peer has not acknowledged. Wait until it stops changing.
+        let held = || {
+            tcp_rows()
+                .iter()
+                .find(|r| r.local_port == server.port() && r.remote_port == slow_port)
+                .map_or(0, |r| r.tx_queue)
+        };
+        let (mut last, mut since) = (usize::MAX, Instant::now());
+        assert!(
+            wait_until(secs(10), || {
+                let now = held();
+                if now != last {
+                    (last, since) = (now, Instant::now());
+                }
+                since.elapsed() >= Duration::from_millis(300)
+            }),
+            "RINGFAN_NOTSENT_LOWAT={lowat}: the socket's queue never settled"
+        );
+        eprintln!(
+            "RINGFAN_NOTSENT_LOWAT={lowat}: the socket holds {last} of {} bytes",
+            lines * 64
+        );
+        match kernel_bound {
+            Some(bound) => assert!(
+                last > 0 && last <= bound,
+                "RINGFAN_NOTSENT_LOWAT={lowat}: the socket holds {last} bytes (at most {bound} expected)"
+            ),
+            // The contrast that makes the bound above mean something: without the option the
+            // kernel takes (nearly) the whole backlog.
+            None => assert!(
+                last >= lines * 64 / 2,
+                "RINGFAN_NOTSENT_LOWAT=0: the socket holds only {last} bytes"
+            ),
+        }
+        let got = slow.read_lines(lines, secs(30));
+        assert_eq!(
+            got.len(),
+            lines,
+            "RINGFAN_NOTSENT_LOWAT={lowat}: lines received"
+        );
+        assert!(
+            got.iter().enumerate().all(|(i, l)| line_number(l) == i),
+            "RINGFAN_NOTSENT_LOWAT={lowat}: lines out of order"
+        );
+        drop(w);
+        close_all_gracefully(vec![slow, publisher], "notsent lowat");
+        server.assert_clean(0, Duration::from_secs(3), "at the end");
+    }
+}
+
 /// Policy `drop`: the stalled subscriber stays connected and, once it reads, sees whole lines in
 /// order with a gap where messages were dropped for it.
 #[test]

@@ -571,6 +571,8 @@ pub struct TcpRow {
     pub state: u8,
     /// For a LISTEN row: the accept backlog's length.
     pub rx_queue: usize,
+    /// Bytes written and not yet acknowledged by the peer, unsent ones included.
+    pub tx_queue: usize,
     /// Timer kind: 0 none, 1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero-window probe.
     pub timer: u8,
 }
@@ -601,6 +603,11 @@ pub fn tcp_rows() -> Vec<TcpRow> {
                     .next()
                     .and_then(|t| u8::from_str_radix(t, 16).ok())
             };
+            let tx = |a: &str| {
+                a.split(':')
+                    .next()
+                    .and_then(|q| usize::from_str_radix(q, 16).ok())
+            };
             let (Some(local_port), Some(remote_port), Ok(state)) =
                 (port_of(f[1]), port_of(f[2]), u8::from_str_radix(f[3], 16))
             else {
@@ -611,6 +618,7 @@ pub fn tcp_rows() -> Vec<TcpRow> {
                 remote_port,
                 state,
                 rx_queue: second(f[4]).unwrap_or(0),
+                tx_queue: tx(f[4]).unwrap_or(0),
                 timer: first(f[5]).unwrap_or(0xff),
             });
         }
