@@ -54,6 +54,8 @@ pub struct Config {
     pub warmup: Duration,
     pub connect_rate: f64,
     pub recv_threads: usize,
+    /// SO_RCVBUF for subscriber sockets; 0 = the kernel's autotuning.
+    pub rcvbuf: usize,
     pub json: Option<String>,
     pub scenario: Scenario,
     pub channel: String,
@@ -99,6 +101,11 @@ fanout / slow:
                                stop progressing (default 2)
   --connect-rate C             new connections per second (default 2000)
   --recv-threads K             io_uring receiver threads for subscribers (default 1, max 16)
+  --rcvbuf BYTES               SO_RCVBUF of every subscriber socket (e.g. 256k); 0 = kernel
+                               autotuning (default). Thousands of autotuned sockets on one
+                               machine can push TCP memory past net.ipv4.tcp_mem's pressure
+                               threshold, which distorts every figure: the summary reports
+                               tcp_mem_peak_pages and warns when that happened
   --slow K                     (slow) how many of the N subscribers read slowly (default 1)
   --slow-bytes-per-sec B       (slow) read rate of each slow subscriber; 0 = never read (default 0)
                                slow subscribers use plain sockets on their own thread; their
@@ -182,6 +189,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
         warmup: Duration::from_secs(2),
         connect_rate: 2000.0,
         recv_threads: 1,
+        rcvbuf: 0,
         json: None,
         scenario: Scenario::Fanout,
         channel: "ringfan".into(),
@@ -217,6 +225,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
             "--warmup",
             "--connect-rate",
             "--recv-threads",
+            "--rcvbuf",
             "--json",
             "--scenario",
             "--channel",
@@ -291,6 +300,14 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
                 c.connect_rate = float(f, &v, 1.0, 1e7, "connections per second >= 1")
             }
             "--recv-threads" => c.recv_threads = int(f, &v, 1usize, 16, "an integer from 1 to 16"),
+            "--rcvbuf" => match ringfan::config::parse_bytes(&v) {
+                Some(n) if n <= 1 << 30 => c.rcvbuf = n as usize,
+                _ => bad(
+                    f,
+                    &v,
+                    "bytes up to 1g (k/m/g suffixes allowed), 0 = kernel autotuning",
+                ),
+            },
             "--json" => {
                 if v.is_empty() {
                     bad(f, &v, "a file path or - for stdout");

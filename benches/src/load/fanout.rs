@@ -13,7 +13,10 @@ use super::cli::{Config, Proto, Scenario};
 use super::publish::{self, PubCounters, Timing};
 use super::recv::{self, new_histogram, Receiver, Shared};
 use super::report::Report;
-use super::sys::{connect, now_ns, proc_cpu, proc_cpu_secs, secs_ns, sleep_until, vm_rss_kib};
+use super::sys::{
+    connect, now_ns, proc_cpu, proc_cpu_secs, secs_ns, set_rcvbuf, sleep_until, tcp_mem_pages,
+    tcp_mem_pressure_pages, vm_rss_kib,
+};
 use super::wire::subscribe_command;
 
 const SEC: u64 = 1_000_000_000;
@@ -34,6 +37,9 @@ fn connect_paced(
     for i in 0..n {
         sleep_until(t0 + (i as f64 * 1e9 / cfg.connect_rate) as u64);
         let res = connect(&cfg.addr, Duration::from_secs(3)).and_then(|mut s| {
+            if cfg.rcvbuf > 0 {
+                set_rcvbuf(&s, cfg.rcvbuf)?;
+            }
             if !hello.is_empty() {
                 s.write_all(hello)?;
             }
@@ -320,6 +326,8 @@ pub fn run(cfg: &Config) -> i32 {
     let (mut last_d, mut last_s) = (0u64, 0u64);
     let mut cpu_start: Option<Option<(f64, f64)>> = None;
     let mut cpu_end: Option<(f64, f64)> = None;
+    // Peak of the machine's TCP memory, sampled once a second (see --rcvbuf).
+    let mut tcp_mem_peak = 0u64;
     // Bounded: every turn sleeps until the next tick, and the loop ends at the window's end.
     loop {
         let mut wake = tick.min(timing.measure_end);
@@ -339,6 +347,7 @@ pub fn run(cfg: &Config) -> i32 {
         }
         let d = shared.delivered.load(Relaxed);
         let s = counters.sent.load(Relaxed);
+        tcp_mem_peak = tcp_mem_peak.max(tcp_mem_pages().unwrap_or(0));
         // The phase the second just reported mostly belonged to.
         let phase = if now.saturating_sub(SEC / 2) < timing.measure_start {
             "warmup"
@@ -474,6 +483,19 @@ pub fn run(cfg: &Config) -> i32 {
     }
     if let Some(kib) = server_rss {
         rep.put("server_rss_kib", kib);
+    }
+    rep.put("rcvbuf", cfg.rcvbuf as u64)
+        .put("tcp_mem_peak_pages", tcp_mem_peak);
+    if let Some(limit) = tcp_mem_pressure_pages() {
+        rep.put("tcp_mem_pressure_pages", limit);
+        if tcp_mem_peak >= limit {
+            eprintln!(
+                "warning: TCP memory reached {tcp_mem_peak} pages, past the kernel's pressure \
+                 threshold ({limit} pages, net.ipv4.tcp_mem): the kernel was shrinking socket \
+                 buffers, so these figures describe that, not the server; rerun with a fixed \
+                 --rcvbuf (e.g. 256k) or fewer subscribers"
+            );
+        }
     }
     let q = |v: f64| -> Option<f64> {
         (!hist.is_empty()).then(|| hist.value_at_quantile(v) as f64 / 1e3)

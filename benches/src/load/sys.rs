@@ -54,6 +54,32 @@ pub fn connect(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     TcpStream::connect_timeout(addr, timeout)
 }
 
+/// SO_RCVBUF: a fixed receive buffer (the kernel doubles the value and stops autotuning it).
+pub fn set_rcvbuf(s: &TcpStream, bytes: usize) -> io::Result<()> {
+    let v = i32::try_from(bytes).unwrap_or(i32::MAX);
+    setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &v)
+}
+
+/// Pages of memory all TCP sockets of this machine hold now (`TCP: ... mem N` in
+/// /proc/net/sockstat).
+pub fn tcp_mem_pages() -> Option<u64> {
+    sockstat_tcp_mem(&std::fs::read_to_string("/proc/net/sockstat").ok()?)
+}
+
+fn sockstat_tcp_mem(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut f = line.split_whitespace();
+    f.by_ref().find(|w| *w == "mem")?;
+    f.next()?.parse().ok()
+}
+
+/// The kernel's TCP memory-pressure threshold in pages: the middle value of
+/// net.ipv4.tcp_mem. Above it the kernel shrinks socket buffers and collapses queues.
+pub fn tcp_mem_pressure_pages() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem").ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// SO_LINGER {1, 0}: the next close sends RST instead of FIN.
 pub fn set_linger_zero(s: &TcpStream) -> io::Result<()> {
     let l = libc::linger {
@@ -233,4 +259,15 @@ pub fn vm_rss_kib(pid: u32) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|n| n.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sockstat_tcp_mem_is_the_value_after_mem() {
+        let text = "sockets: used 8\nTCP: inuse 2004 orphan 0 tw 10 alloc 2004 mem 415396\n\
+                    UDP: inuse 0 mem 3\n";
+        assert_eq!(super::sockstat_tcp_mem(text), Some(415396));
+        assert_eq!(super::sockstat_tcp_mem("UDP: inuse 0 mem 3\n"), None);
+    }
 }
