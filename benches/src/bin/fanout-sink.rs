@@ -3,7 +3,8 @@
 //! It accepts connections speaking ringfan's line protocol and writes pre-built 64 KiB buffers
 //! of valid `@0:<seq>:<send_ts_ns>;xxx…\n` messages (fixed-width fields, so refreshing a
 //! buffer only overwrites digits) to its subscribers as fast as their sockets
-//! take them, with no broadcasting logic at all: one buffer (timestamps refreshed each time it
+//! take them (holding at most 128 KiB unsent per socket in the kernel, as ringfan does by
+//! default), with no broadcasting logic at all: one buffer (timestamps refreshed each time it
 //! is rebuilt) is sent to every subscriber, whole, in order. `scripts/bench.sh` points
 //! `ringfan-load` at it to find how many messages per second the generator can receive (the
 //! "generator ceiling"): a server that comes close to that figure is limited by the generator.
@@ -173,6 +174,9 @@ fn refresh(cur: &mut Arc<Vec<u8>>, gen: &mut u64, size: usize) {
 /// Most buffers written to one connection per readiness event.
 const BUFFERS_PER_EVENT: usize = 8;
 
+/// TCP_NOTSENT_LOWAT of every connection: ringfan's default (RINGFAN_NOTSENT_LOWAT).
+const NOTSENT_LOWAT: i32 = 128 << 10;
+
 struct Conn {
     fd: RawFd,
     writer: bool,
@@ -263,6 +267,20 @@ fn main() {
                     if fd < 0 {
                         break;
                     }
+                    // Like ringfan: the kernel holds at most this much unsent per socket, so
+                    // the generator reads recently written data and the machine's TCP memory
+                    // stays under net.ipv4.tcp_mem's pressure threshold.
+                    let lowat = NOTSENT_LOWAT;
+                    // SAFETY: sets an int option on the fd just accepted.
+                    unsafe {
+                        libc::setsockopt(
+                            fd,
+                            libc::IPPROTO_TCP,
+                            libc::TCP_NOTSENT_LOWAT,
+                            (&lowat as *const i32).cast(),
+                            4,
+                        )
+                    };
                     let writer = accepted < cfg.subscribers;
                     accepted += 1;
                     let slot = match conns.iter().position(|c| c.is_none()) {
