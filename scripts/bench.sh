@@ -19,6 +19,12 @@
 #     is the subscribers' steady-state receive rate (every message received between the end of
 #     the warm-up and the end of the measured window, whenever it was sent). Median of R runs
 #     and min–max.
+#   - CPU busy at max rate: the server's CPU over the measured window as a share of its core,
+#     and the generator's own (ringfan-load, all threads) as a share of the cores it may use.
+#     A generator near 100 % with the server below it means the generator is the limit.
+#   - TCP memory at max rate: the machine's peak (`TCP: mem` in /proc/net/sockstat, sampled once
+#     a second), noting the runs where it reached net.ipv4.tcp_mem's pressure threshold (the
+#     kernel then shrinks every socket's buffers, which slows every connection on the machine).
 #   - server CPU-seconds per million deliveries at a fixed rate every server sustains (in
 #     deliveries/s in total: 500k at 64 B, 200k at 1 KiB, 100k at N >= 10000, where every
 #     server spends several µs per unbatched delivery; messages/s published = that / N):
@@ -35,8 +41,10 @@
 #     near 100 % (large messages: loopback TCP costs the sending side about as much as the
 #     receiving one) it is a lower bound.
 # Then: the unbatched cost (N=5000 subscribers, 20 msgs/s in total, so every message is one
-# small send per subscriber): server CPU per delivery; and scripts/metrics-overhead.sh (ringfan
-# with metrics off and on).
+# small send per subscriber): server CPU per delivery; latency on every core (each server with
+# its default threads on all cores, the generator unpinned beside it, N = 1000 at 50 msgs/s
+# and N = 5000 at 20 msgs/s, 64 B); and scripts/metrics-overhead.sh (ringfan with metrics off
+# and on).
 #
 # Redis and NATS come from Debian (apt-get install redis-server nats-server); a server that is
 # not installed is skipped with a note saying so. Everything listens on 127.0.0.1.
@@ -83,6 +91,8 @@ fixed_deliveries() { # N S
     else echo 200000; fi
 }
 unbatched_rate=20
+# Every-core part: N:msgs/s pairs (64 B): 50k and 100k deliveries/s.
+if [ "$quick" = 1 ]; then allcore_cfgs="1000:50"; else allcore_cfgs="1000:50 5000:20"; fi
 
 ncpu=$(nproc)
 [ "$ncpu" -ge 2 ] || { echo "bench.sh needs at least 2 cores (server and load apart)" >&2; exit 1; }
@@ -133,29 +143,38 @@ install_hint() {
     esac
 }
 
-# start SERVER [SINK_SUBSCRIBERS SINK_SIZE]: starts it pinned to core 0 in the background; sets
+# mode=pinned: each server on core 0 with one thread, ringfan-load on the other cores.
+# mode=all: each server with its default threads on every core (ringfan and tokio-fanout: one
+# worker per core; NATS: GOMAXPROCS = cores; Redis: single-threaded), ringfan-load unpinned.
+mode=pinned
+# Run in the background (`... &`): exec, so that $! is the server's own pid.
+on_server_cores() { if [ "$mode" = all ]; then exec "$@"; else exec taskset -c 0 "$@"; fi; }
+server_threads() { if [ "$mode" = all ]; then echo "$ncpu"; else echo 1; fi; }
+# start SERVER [SINK_SUBSCRIBERS SINK_SIZE]: starts it (per $mode) in the background; sets
 # server_pid, port and proto.
 start() {
     : >"$tmp/out"; : >"$tmp/err"
+    local threads; threads=$(server_threads)
     case "$1" in
         ringfan) proto=ringfan
-            RINGFAN_LISTEN=127.0.0.1:0 RINGFAN_THREADS=1 RINGFAN_PIN=0 RINGFAN_LOG=warn \
-                taskset -c 0 "$bin/ringfan" >"$tmp/out" 2>"$tmp/err" &
+            # Pinned mode pins with taskset; in mode=all ringfan pins its workers itself.
+            RINGFAN_LISTEN=127.0.0.1:0 RINGFAN_THREADS=$threads RINGFAN_PIN=$([ "$mode" = all ] && echo 1 || echo 0) \
+                RINGFAN_LOG=warn on_server_cores "$bin/ringfan" >"$tmp/out" 2>"$tmp/err" &
             server_pid=$!; wait_listening ;;
         tokio) proto=ringfan
-            RINGFAN_LISTEN=127.0.0.1:0 RINGFAN_THREADS=1 \
-                taskset -c 0 "$bin/tokio-fanout" >"$tmp/out" 2>"$tmp/err" &
+            RINGFAN_LISTEN=127.0.0.1:0 RINGFAN_THREADS=$threads \
+                on_server_cores "$bin/tokio-fanout" >"$tmp/out" 2>"$tmp/err" &
             server_pid=$!; wait_listening ;;
         sink) proto=ringfan
-            taskset -c 0 "$bin/fanout-sink" --listen 127.0.0.1:0 --subscribers "$2" \
+            on_server_cores "$bin/fanout-sink" --listen 127.0.0.1:0 --subscribers "$2" \
                 --size "$3" --max-seconds 900 >"$tmp/out" 2>"$tmp/err" &
             server_pid=$!; wait_listening ;;
         redis) proto=redis; port=$(free_port)
-            taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+            on_server_cores redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
                 --protected-mode no --maxclients 20000 --logfile "$tmp/err" >"$tmp/out" 2>&1 &
             server_pid=$!; wait_port "$port" ;;
         nats) proto=nats; port=$(free_port)
-            GOMAXPROCS=1 taskset -c 0 nats-server -a 127.0.0.1 -p "$port" >"$tmp/out" 2>"$tmp/err" &
+            GOMAXPROCS=$threads on_server_cores nats-server -a 127.0.0.1 -p "$port" >"$tmp/out" 2>"$tmp/err" &
             server_pid=$!; wait_port "$port" ;;
     esac || { echo "$1 did not start: $(tail -3 "$tmp/err")" >&2; stop; return 1; }
 }
@@ -169,9 +188,28 @@ stop() {
     server_pid=""
 }
 field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
-load() { # runs ringfan-load on the load cores against the current server; prints its summary line
-    taskset -c "$load_cpus" "$bin/ringfan-load" --proto "$proto" --addr "127.0.0.1:$port" \
+load() { # runs ringfan-load (on the load cores, per $mode) against the current server; prints its summary line
+    local pin=(taskset -c "$load_cpus")
+    [ "$mode" = all ] && pin=()
+    "${pin[@]}" "$bin/ringfan-load" --proto "$proto" --addr "127.0.0.1:$port" \
         --server-pid "$server_pid" --connect-rate 10000 "$@" 2>"$tmp/load.err" || true
+}
+# tcp_mem LINE: "PEAK_PAGES OVER" from a summary line: the machine's TCP memory peak during the
+# run and 1 if it reached net.ipv4.tcp_mem's pressure threshold (the kernel then shrinks
+# every socket's buffers), else 0.
+tcp_mem() {
+    local peak lim
+    peak=$(field tcp_mem_peak_pages "$1"); lim=$(field tcp_mem_pressure_pages "$1")
+    echo "${peak:-na} $([ -n "$peak" ] && [ -n "$lim" ] && [ "$peak" -ge "$lim" ] && echo 1 || echo 0)"
+}
+busy() { # CPU_S CORES -> percent of CORES busy over the measured window ("" if unknown)
+    awk -v c="$1" -v n="${2:-1}" -v d="$secs" 'BEGIN { if (c != "" && c != "na" && n > 0) printf "%.0f", 100 * c / (d * n) }'
+}
+fmt_mem() { # PAGES OVER_COUNT RUNS -> "123 MiB" or "1,540 MiB (over the pressure threshold in 2 of 2 runs)"
+    { [ -z "$1" ] || [ "$1" = na ]; } && { echo "n/a"; return; }
+    local m; m=$(printf "%'.0f MiB" "$(awk -v p="$1" 'BEGIN { print p * 4096 / 1048576 }')")
+    [ "$2" -gt 0 ] && m="$m (pressure in $2 of $3 runs)"
+    echo "$m"
 }
 # stats V...: "median min max" (median of an even count: mean of the middle two) of the numeric values given (non-numbers ignored); "na na na" if none.
 stats() {
@@ -218,22 +256,24 @@ for size in $sizes; do
     for subs in $subs_list; do
         rate=$(awk -v d="$(fixed_deliveries "$subs" "$size")" -v n="$subs" 'BEGIN { printf "%g", d / n }')
         # generator ceiling
-        vals=(); sink_cpu=()
+        vals=(); sink_cpu=(); tmem=(); over=0
         for r in $(seq "$runs"); do
             log "generator ceiling: N=$subs S=$size run $r/$runs"
             start sink "$subs" "$size" || continue
             line=$(load --subscribers "$subs" --size "$size" --rate 1 --duration "$secs" --warmup "$warmup" --drain 0)
             stop
             vals+=("$(field delivered_msgs_per_s "$line")")
+            read -r tp to < <(tcp_mem "$line"); tmem+=("$tp"); over=$((over + to))
             # The sink's share of its core in the window: well under 100 % = the generator is the limit.
             sink_cpu+=("$(awk -v c="$(field server_cpu_s "$line")" -v d="$secs" 'BEGIN { if (c != "" && c != "na") printf "%.0f", 100 * c / d }')")
             log "  -> $(field delivered_msgs_per_s "$line") msgs/s, sink CPU ${sink_cpu[-1]} %"
         done
         read -r med lo hi < <(stats "${vals[@]}")
         read -r sc _ _ < <(stats "${sink_cpu[@]}")
-        echo "ceiling|$subs|$size|$med|$lo|$hi|$sc" >>"$results"
+        read -r tm _ _ < <(stats "${tmem[@]}")
+        echo "ceiling|$subs|$size|$med|$lo|$hi|$sc||||||||$tm|$over" >>"$results"
         for server in $available_servers; do
-            max=(); disc=()
+            max=(); disc=(); tmem=(); over=0; sbusy=(); gbusy=()
             for r in $(seq "$runs"); do
                 log "$server N=$subs S=$size max rate, run $r/$runs"
                 start "$server" || continue
@@ -241,7 +281,10 @@ for size in $sizes; do
                 stop
                 max+=("$(field delivered_msgs_per_s "$line")")
                 disc+=("$(field disconnected "$line")")
-                log "  -> $(field delivered_msgs_per_s "$line") msgs/s, disconnected $(field disconnected "$line")"
+                read -r tp to < <(tcp_mem "$line"); tmem+=("$tp"); over=$((over + to))
+                sbusy+=("$(busy "$(field server_cpu_s "$line")" 1)")
+                gbusy+=("$(busy "$(field load_cpu_s "$line")" "$(field load_cores "$line")")")
+                log "  -> $(field delivered_msgs_per_s "$line") msgs/s, disconnected $(field disconnected "$line"), TCP memory peak $tp pages"
             done
             cpu=(); p50=(); p99=(); fixed_lost=()
             for r in $(seq "$runs"); do
@@ -263,7 +306,10 @@ for size in $sizes; do
             read -r p50m _ _ < <(stats "${p50[@]}")
             read -r p99m _ _ < <(stats "${p99[@]}")
             read -r _ _ lostmax < <(stats "${fixed_lost[@]}")
-            echo "$server|$subs|$size|$mm|$ml|$mh|$cm|$cl|$ch|$p50m|$p99m|$rate|$lostmax|${notes:-}" >>"$results"
+            read -r tm _ _ < <(stats "${tmem[@]}")
+            read -r sb _ _ < <(stats "${sbusy[@]}")
+            read -r gb _ _ < <(stats "${gbusy[@]}")
+            echo "$server|$subs|$size|$mm|$ml|$mh|$cm|$cl|$ch|$p50m|$p99m|$rate|$lostmax|${notes:-}|$tm|$over|$sb|$gb" >>"$results"
         done
     done
 done
@@ -285,6 +331,32 @@ for server in $available_servers; do
     unb[$server]="$cm $cl $ch $pm"
 done
 
+# ---- every core: latency at moderate fixed rates, each server on every core -----------------
+declare -A allc
+mode=all
+for c in $allcore_cfgs; do
+    n=${c%%:*}; mps=${c##*:}
+    for server in $available_servers; do
+        cpu=(); p50=(); p99=(); fixed_lost=()
+        for r in $(seq "$runs"); do
+            log "every core: $server N=$n $mps msgs/s, run $r/$runs"
+            start "$server" || continue
+            line=$(load --subscribers "$n" --size 64 --rate "$mps" --duration "$secs" --warmup "$warmup" --drain 2)
+            stop
+            cpu+=("$(field server_cpu_s_per_m "$line")")
+            p50+=("$(field p50_us "$line")"); p99+=("$(field p99_us "$line")")
+            fixed_lost+=("$(field lost "$line")")
+            log "  -> CPU $(field server_cpu_s_per_m "$line") s/M, p50 $(field p50_us "$line") µs, p99 $(field p99_us "$line") µs, lost $(field lost "$line")"
+        done
+        read -r cm cl ch < <(stats "${cpu[@]}")
+        read -r p50m _ _ < <(stats "${p50[@]}")
+        read -r p99m p99l p99h < <(stats "${p99[@]}")
+        read -r _ _ lostmax < <(stats "${fixed_lost[@]}")
+        allc[$server,$n]="$cm $cl $ch $p50m $p99m $p99l $p99h $lostmax"
+    done
+done
+mode=pinned
+
 # ---- metrics on/off (ringfan) ---------------------------------------------------------------
 metrics_out=""
 if [ "$quick" = 1 ]; then
@@ -300,12 +372,13 @@ echo "Reproduce: \`scripts/bench.sh${args:+ $args}\`"
 echo
 echo "($(date -u +%Y-%m-%d), $ncpu cores, kernel $(uname -r); each server on core 0 with one thread, ringfan-load on cores $load_cpus; ${secs} s measured after a ${warmup} s warm-up per run, $runs runs per configuration, a fresh server per run; took ${elapsed} s)"
 echo
-echo "| server | N | S | delivered msgs/s at max rate, median (min–max) | fixed rate: msgs/s published (deliveries/s) | server CPU-s per M deliveries at fixed rate, median (min–max) | p50 / p99 latency at fixed rate | RSS per idle connection, median (min–max) |"
-echo "|---|---|---|---|---|---|---|---|"
-while IFS='|' read -r server subs size a b c d e f g h rate lostmax notes; do
+na_pct() { [ -z "$1" ] || [ "$1" = na ] && echo "n/a" || echo "$1 %"; }
+echo "| server | N | S | delivered msgs/s at max rate, median (min–max) | CPU busy at max rate: server / generator | TCP memory at max rate (machine-wide peak, median) | fixed rate: msgs/s published (deliveries/s) | server CPU-s per M deliveries at fixed rate, median (min–max) | p50 / p99 latency at fixed rate | RSS per idle connection, median (min–max) |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+while IFS='|' read -r server subs size a b c d e f g h rate lostmax notes tm over sb gb; do
     if [ "$server" = ceiling ]; then
-        printf '| *generator ceiling* (fanout-sink; its CPU: %s %%) | %s | %s | %s (%s–%s) | | | | |\n' "$d" "$subs" "$size" \
-            "$(fmt_int "$a")" "$(fmt_int "$b")" "$(fmt_int "$c")"
+        printf '| *generator ceiling* (fanout-sink; its CPU: %s %%) | %s | %s | %s (%s–%s) | | %s | | | | |\n' "$d" "$subs" "$size" \
+            "$(fmt_int "$a")" "$(fmt_int "$b")" "$(fmt_int "$c")" "$(fmt_mem "$tm" "$over" "$runs")"
         continue
     fi
     read -r rm rl rh <<<"${rss[$server,$subs]:-na na na}"
@@ -313,8 +386,8 @@ while IFS='|' read -r server subs size a b c d e f g h rate lostmax notes; do
     [ "$rm" != na ] && rss_cell="$(fmt_int "$rm") B ($(fmt_int "$rl")–$(fmt_int "$rh"))"
     lat="$(fmt_us "$g") / $(fmt_us "$h")"
     [ "$lostmax" != na ] && [ "$lostmax" != 0 ] && lat="$lat (lost up to $(fmt_int "$lostmax"))"
-    printf '| %s | %s | %s | %s (%s–%s)%s | %s (%s) | %s (%s–%s) | %s | %s |\n' "$server" "$subs" "$size" \
-        "$(fmt_int "$a")" "$(fmt_int "$b")" "$(fmt_int "$c")" "$notes" \
+    printf '| %s | %s | %s | %s (%s–%s)%s | %s / %s | %s | %s (%s) | %s (%s–%s) | %s | %s |\n' "$server" "$subs" "$size" \
+        "$(fmt_int "$a")" "$(fmt_int "$b")" "$(fmt_int "$c")" "$notes" "$(na_pct "$sb")" "$(na_pct "$gb")" "$(fmt_mem "$tm" "$over" "$runs")" \
         "$(fmt_int "$rate")" "$(fmt_int "$(fixed_deliveries "$subs" "$size")")" \
         "$(fmt_cpu "$d")" "$(fmt_cpu "$e")" "$(fmt_cpu "$f")" "$lat" "$rss_cell"
 done <"$results"
@@ -328,6 +401,21 @@ echo "|---|---|---|"
 for server in $available_servers; do
     read -r cm cl ch pm <<<"${unb[$server]:-na na na na}"
     printf '| %s | %s (%s–%s) | %s |\n' "$server" "$(fmt_cpu "$cm")" "$(fmt_cpu "$cl")" "$(fmt_cpu "$ch")" "$(fmt_us "$pm")"
+done
+echo
+echo "Every core: each server with its default threads on all $ncpu cores (ringfan and tokio-fanout: one worker per core; NATS: GOMAXPROCS=$ncpu; Redis: single-threaded), ringfan-load unpinned beside it; 64 B, fixed rate:"
+echo
+echo "| server | N | msgs/s published (deliveries/s) | server CPU-s per M deliveries, median (min–max) | p50 / p99 latency (p99 min–max) |"
+echo "|---|---|---|---|---|"
+for c in $allcore_cfgs; do
+    n=${c%%:*}; mps=${c##*:}
+    for server in $available_servers; do
+        read -r cm cl ch p50m p99m p99l p99h lostmax <<<"${allc[$server,$n]:-na na na na na na na na}"
+        lat="$(fmt_us "$p50m") / $(fmt_us "$p99m") ($(fmt_us "$p99l")–$(fmt_us "$p99h"))"
+        [ "$lostmax" != na ] && [ "$lostmax" != 0 ] && lat="$lat (lost up to $(fmt_int "$lostmax"))"
+        printf '| %s | %s | %s (%s) | %s (%s–%s) | %s |\n' "$server" "$n" "$mps" "$(fmt_int "$((n * mps))")" \
+            "$(fmt_cpu "$cm")" "$(fmt_cpu "$cl")" "$(fmt_cpu "$ch")" "$lat"
+    done
 done
 if [ -n "$metrics_out" ]; then
     echo

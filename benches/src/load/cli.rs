@@ -134,6 +134,9 @@ drain (gaps, plus what was still missing; disconnected subscribers included);
 reordered = messages whose seq was not above the last one seen from that publisher.
 stale = markers stamped before this run's publishers started (a reused server still delivering
 what an earlier run's publishers sent); ignored otherwise.
+load_cpu_s / load_cores_busy = this generator's own CPU over the measured window, and that
+divided by the window (load_cores = cores it may run on): near load_cores, the generator is
+the limit, not the server.
 server_cpu_s (with --server-pid) = the server's user+system CPU over the measured window;
 server_cpu_s_per_m = that per million deliveries (delivered); server_user_s(_per_m): user space
 only.

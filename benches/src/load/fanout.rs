@@ -17,6 +17,11 @@ use super::sys::{
     connect, now_ns, proc_cpu, proc_cpu_secs, secs_ns, set_rcvbuf, sleep_until, tcp_mem_pages,
     tcp_mem_pressure_pages, vm_rss_kib,
 };
+
+/// Cores this process may run on (its affinity mask, e.g. under taskset).
+fn available_cores() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
 use super::wire::subscribe_command;
 
 const SEC: u64 = 1_000_000_000;
@@ -328,6 +333,9 @@ pub fn run(cfg: &Config) -> i32 {
     let mut cpu_end: Option<(f64, f64)> = None;
     // Peak of the machine's TCP memory, sampled once a second (see --rcvbuf).
     let mut tcp_mem_peak = 0u64;
+    // This process's own CPU over the measured window: near the cores it may use, the generator
+    // is the limit, not the server.
+    let (mut own_cpu_start, mut own_cpu_end) = (None, None);
     // Bounded: every turn sleeps until the next tick, and the loop ends at the window's end.
     loop {
         let mut wake = tick.min(timing.measure_end);
@@ -338,9 +346,11 @@ pub fn run(cfg: &Config) -> i32 {
         let now = now_ns();
         if cpu_start.is_none() && now >= timing.measure_start {
             cpu_start = Some(cfg.server_pid.and_then(proc_cpu));
+            own_cpu_start = proc_cpu(std::process::id());
         }
         if now >= timing.measure_end {
             cpu_end = cfg.server_pid.and_then(proc_cpu);
+            own_cpu_end = proc_cpu(std::process::id());
         }
         if now < tick && now < timing.measure_end {
             continue;
@@ -483,6 +493,12 @@ pub fn run(cfg: &Config) -> i32 {
     }
     if let Some(kib) = server_rss {
         rep.put("server_rss_kib", kib);
+    }
+    if let (Some(a), Some(b)) = (own_cpu_start, own_cpu_end) {
+        let c = b.0 + b.1 - a.0 - a.1;
+        rep.put_f("load_cpu_s", c, 3)
+            .put_f("load_cores_busy", c / cfg.duration.as_secs_f64(), 3)
+            .put("load_cores", available_cores());
     }
     rep.put("rcvbuf", cfg.rcvbuf as u64)
         .put("tcp_mem_peak_pages", tcp_mem_peak);
