@@ -432,12 +432,27 @@ impl<D: Driver> Worker<D> {
         self.conn_try_close(slot);
     }
 
-    /// Cancels every operation in flight on the connection's fd.
+    /// Cancels every operation in flight on the connection, each by its own user_data.
+    ///
+    /// Not by fd: io_uring finds a cancel-by-fd target by walking every armed poll of the ring,
+    /// so when thousands of connections close at once (a load generator exiting) that is
+    /// quadratic, and the cancels themselves outlast their deadline. A cancel by user_data is a
+    /// hash lookup.
     fn conn_cancel_all(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        conn.cancels_in_flight += 1;
         let ud = conn.ud(slot, Op::Cancel);
-        self.driver.cancel_fd(conn.fd, ud);
+        let targets = [
+            (conn.recv_in_flight, Op::Recv),
+            (conn.send_in_flight, Op::Send),
+            (conn.shutdown_in_flight, Op::Shutdown),
+        ];
+        for (in_flight, op) in targets {
+            if in_flight {
+                let target = self.conns[slot].ud(slot, op);
+                self.conns[slot].cancels_in_flight += 1;
+                self.driver.cancel(target, ud);
+            }
+        }
         // If something survives the cancel (it was already running), the deadline cancels again.
         let deadline = self.now + std::time::Duration::from_secs(1);
         self.set_deadline(slot, deadline);
@@ -489,6 +504,11 @@ impl<D: Driver> Worker<D> {
             Closing::No => {
                 self.stats.close_timeouts += 1;
                 self.conn_abort(slot, CloseReason::CloseTimeout)
+            }
+            // Cancels still on their way: wait for them, never pile more on top.
+            Closing::Cancelling if conn.cancels_in_flight > 0 => {
+                let deadline = self.now + std::time::Duration::from_secs(1);
+                self.set_deadline(slot, deadline);
             }
             // An operation outlived its cancel: cancel again.
             Closing::Cancelling if conn.ops_in_flight() => self.conn_cancel_all(slot),

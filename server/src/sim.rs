@@ -18,7 +18,8 @@
 //!   window (peers that never read), fails with `-ECONNRESET`/`-EPIPE` after a reset;
 //! - `cancel_fd` ends every running operation on the fd with a final `-ECANCELED`, possibly in a
 //!   later batch than the cancel's own completion (late); a blocked send may survive one cancel
-//!   (it was already running), as io_uring allows; `cancel(target)` likewise, or `-ENOENT`;
+//!   (it was already running), as io_uring allows; `cancel(target)` likewise (a surviving send:
+//!   `-EALREADY`), or `-ENOENT`;
 //! - completion order varies per batch: completions of different operations are reordered and may
 //!   be held back to a later batch; the completions of one `user_data` keep their order (data in
 //!   order, the final one last);
@@ -1154,6 +1155,17 @@ impl SimDriver {
             })
             .map(|(oid, _)| *oid);
         match found {
+            Some(oid)
+                if self.ops[&oid].kind == Kind::Send
+                    && !self.ops[&oid].survived
+                    && self.rng.chance(self.k.survive_pm) =>
+            {
+                // Already running in a worker: -EALREADY, the send goes on (the next cancel
+                // reaches it).
+                self.ops.get_mut(&oid).expect("live").survived = true;
+                self.cov.bump(Cov::survived_cancels);
+                self.post(id, -libc::EALREADY, false, None, false);
+            }
             Some(oid) => {
                 self.cancel_op(oid);
                 self.post(id, 0, false, None, false);

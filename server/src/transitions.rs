@@ -280,8 +280,8 @@ fn missing_fin_hits_the_deadline_and_close_waits_for_the_cancelled_recv() {
     h.turn();
     assert_eq!(
         h.take(),
-        vec![Sub::CancelFd(FD, Harness::ud(recv, Op::Cancel))],
-        "deadline: cancel the armed recv, do not close under it"
+        vec![Sub::Cancel(recv, Harness::ud(recv, Op::Cancel))],
+        "deadline: cancel the armed recv (by its user_data), do not close under it"
     );
     h.complete(Harness::ud(recv, Op::Cancel), 1, false);
     h.turn();
@@ -349,7 +349,7 @@ fn short_send_is_resumed_then_reset_on_send_aborts_after_cancel() {
     h.turn();
     assert_eq!(
         h.take(),
-        vec![Sub::CancelFd(FD, Harness::ud(recv, Op::Cancel))]
+        vec![Sub::Cancel(recv, Harness::ud(recv, Op::Cancel))]
     );
     h.complete(recv, -libc::ECANCELED, false);
     h.complete(Harness::ud(recv, Op::Cancel), 1, false);
@@ -359,6 +359,51 @@ fn short_send_is_resumed_then_reset_on_send_aborts_after_cancel() {
     h.turn();
     assert_eq!(h.closed(CloseReason::PeerReset), 1);
     assert_eq!(h.w.stats.aborted, 1);
+}
+
+/// A cancel still on its way when the retry deadline passes is waited for, never repeated (at
+/// scale, repeated cancels piled up faster than io_uring could run them); an operation that
+/// survived a completed cancel is cancelled again.
+#[test]
+fn retry_deadline_waits_for_a_pending_cancel_and_recancels_a_survivor() {
+    let mut h = Harness::new(&[]);
+    let recv = h.accept(FD);
+    h.data(recv, b"aaaa\n");
+    h.turn();
+    let send = Harness::ud(recv, Op::Send);
+    assert_eq!(h.take(), vec![Sub::Send(FD, send, b"aaaa\n".to_vec())]);
+    // The peer resets: the recv ends, the send is still in flight and gets cancelled.
+    h.complete(recv, -libc::ECONNRESET, false);
+    h.turn();
+    let cancel = Harness::ud(recv, Op::Cancel);
+    assert_eq!(h.take(), vec![Sub::Cancel(send, cancel)]);
+    for _ in 0..3 {
+        h.now += Duration::from_millis(1500);
+        h.turn();
+        assert_eq!(
+            h.take(),
+            vec![],
+            "a cancel is in flight: nothing more is submitted"
+        );
+    }
+    // The cancel found nothing to cancel (the send was already running) and the send lives on.
+    h.complete(cancel, -libc::EALREADY, false);
+    h.turn();
+    assert_eq!(h.take(), vec![], "no close while the send is in flight");
+    h.now += Duration::from_millis(1500);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![Sub::Cancel(send, cancel)],
+        "the survivor is cancelled again"
+    );
+    h.complete(send, -libc::ECANCELED, false);
+    h.complete(cancel, 0, false);
+    h.turn();
+    assert_eq!(h.take(), vec![Sub::Close(FD, Harness::ud(recv, Op::Close))]);
+    h.complete(Harness::ud(recv, Op::Close), 0, false);
+    h.turn();
+    assert_eq!(h.closed(CloseReason::PeerReset), 1);
 }
 
 #[test]

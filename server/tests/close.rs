@@ -511,3 +511,59 @@ fn slow_subscriber_is_evicted_with_flush_and_fin() {
     drop(o.client);
     server.assert_clean(0, Duration::from_secs(5), "after all clients closed");
 }
+
+/// Thousands of subscribers with sends stuck in flight reset at once (a load generator exiting):
+/// the server must close every one of them promptly, at a cost linear in their number.
+/// Cancelling each connection's operations by fd made io_uring walk every armed poll of the ring
+/// per cancel: at this scale the cancels outlasted their 1 s retry deadline, piled up, and kept a
+/// core busy for minutes with every fd still open.
+#[test]
+fn mass_reset_of_backlogged_subscribers_closes_all_promptly() {
+    if !require_io_uring() {
+        return;
+    }
+    let _g = serial();
+    raise_nofile();
+    const N: usize = 6000;
+    // A small low-water mark and receive buffers, so a few KiB block every subscriber's send.
+    let server = Server::start(&[("RINGFAN_NOTSENT_LOWAT", "4KiB"), ("RINGFAN_ECHO", "0")]);
+    let mut clients = connect_n(server.addr(), N + 1);
+    for c in &clients[1..] {
+        set_rcvbuf(&c.stream, 4096);
+    }
+    sync_clients_opts(&mut clients, 0, false);
+    let publisher = clients.remove(0);
+    let mut w = publisher.writer();
+    let lines: Vec<u8> = (0..1024)
+        .flat_map(|i| format!("{i:063}\n").into_bytes())
+        .collect();
+    std::io::Write::write_all(&mut w, &lines).unwrap();
+    // Every subscriber's socket on the server holds unacknowledged bytes: its send is blocked.
+    let port = server.port();
+    let blocked = || {
+        tcp_rows()
+            .iter()
+            .filter(|r| r.local_port == port && r.state == 0x01 && r.tx_queue > 0)
+            .count()
+    };
+    assert!(
+        wait_until(secs(20), || blocked() >= N),
+        "only {} of {N} subscribers have a blocked send",
+        blocked()
+    );
+    let cpu0 = cpu_time(server.pid());
+    let t0 = Instant::now();
+    for c in clients {
+        c.set_linger_zero();
+        drop(c);
+    }
+    server.assert_clean(1, Duration::from_secs(10), "after the mass reset");
+    let (took, cpu) = (t0.elapsed(), cpu_time(server.pid()) - cpu0);
+    eprintln!("{N} backlogged subscribers reset: all closed in {took:?}, server CPU {cpu:?}");
+    assert!(
+        cpu < Duration::from_secs(3),
+        "closing {N} connections cost {cpu:?} of server CPU"
+    );
+    drop((w, publisher));
+    server.assert_clean(0, Duration::from_secs(5), "after the publisher left");
+}
