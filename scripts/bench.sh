@@ -82,8 +82,8 @@ fi
 subs_list=${subs_opt:-$subs_list}
 sizes=${sizes_opt:-$sizes}
 # Fixed-rate part: deliveries per second in total (messages/s published = this / N), low enough
-# that every server keeps up (Redis and NATS use about 65 % of their core at these rates; at
-# N = 10000 a message is 10000 separate sends for every server, several µs each).
+# that every server keeps up (on a 2-core VM each server's core is 70-100 % busy at these
+# rates; at N = 10000 a message is 10000 separate sends for every server, several µs each).
 fixed_deliveries() { # N S
     if [ -n "${FIXED_DELIVERIES:-}" ]; then echo "$FIXED_DELIVERIES"
     elif [ "$1" -ge 10000 ]; then echo 100000
