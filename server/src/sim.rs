@@ -1103,15 +1103,7 @@ impl SimDriver {
     fn exec_close(&mut self, id: OpId, fd: RawFd) {
         // Operations still running here were reported at submission; end them as the kernel
         // would, so the run can be reported rather than wedged.
-        let running: Vec<OpId> = self
-            .ops
-            .iter()
-            .filter(|(oid, o)| {
-                **oid != id && o.fd == fd && o.executed && !o.final_posted && o.kind.waits()
-            })
-            .map(|(oid, _)| *oid)
-            .collect();
-        for oid in running {
+        for oid in self.running_on(fd, id) {
             self.post(oid, -libc::ECANCELED, false, None, false);
         }
         if let Some(sock) = self.socks.remove(&fd) {
@@ -1121,27 +1113,36 @@ impl SimDriver {
         self.post(id, 0, false, None, false);
     }
 
-    fn exec_cancel_fd(&mut self, id: OpId, fd: RawFd) {
-        let running: Vec<OpId> = self
-            .ops
+    /// Operations other than `except` executing on `fd` and still waiting for their final.
+    fn running_on(&self, fd: RawFd, except: OpId) -> Vec<OpId> {
+        self.ops
             .iter()
             .filter(|(oid, o)| {
-                **oid != id && o.fd == fd && o.executed && !o.final_posted && o.kind.waits()
+                **oid != except && o.fd == fd && o.executed && !o.final_posted && o.kind.waits()
             })
             .map(|(oid, _)| *oid)
-            .collect();
+            .collect()
+    }
+
+    /// Whether a cancel misses this operation: a send already running (in an io-wq worker)
+    /// survives one cancel; the next one reaches it, as an interrupted worker would end it.
+    fn survives_cancel(&mut self, oid: OpId) -> bool {
+        let op = self.ops.get_mut(&oid).expect("live");
+        if op.kind == Kind::Send && !op.survived && self.rng.chance(self.k.survive_pm) {
+            op.survived = true;
+            self.cov.bump(Cov::survived_cancels);
+            return true;
+        }
+        false
+    }
+
+    fn exec_cancel_fd(&mut self, id: OpId, fd: RawFd) {
         let mut n = 0;
-        for oid in running {
-            let op = self.ops.get_mut(&oid).expect("live");
-            if op.kind == Kind::Send && !op.survived && self.rng.chance(self.k.survive_pm) {
-                // Already running: this cancel does not reach it (the next one will, as an
-                // interrupted worker would end it).
-                op.survived = true;
-                self.cov.bump(Cov::survived_cancels);
-                continue;
+        for oid in self.running_on(fd, id) {
+            if !self.survives_cancel(oid) {
+                n += 1;
+                self.cancel_op(oid);
             }
-            n += 1;
-            self.cancel_op(oid);
         }
         self.post(id, n, false, None, false);
     }
@@ -1155,15 +1156,7 @@ impl SimDriver {
             })
             .map(|(oid, _)| *oid);
         match found {
-            Some(oid)
-                if self.ops[&oid].kind == Kind::Send
-                    && !self.ops[&oid].survived
-                    && self.rng.chance(self.k.survive_pm) =>
-            {
-                // Already running in a worker: -EALREADY, the send goes on (the next cancel
-                // reaches it).
-                self.ops.get_mut(&oid).expect("live").survived = true;
-                self.cov.bump(Cov::survived_cancels);
+            Some(oid) if self.survives_cancel(oid) => {
                 self.post(id, -libc::EALREADY, false, None, false);
             }
             Some(oid) => {

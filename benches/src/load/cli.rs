@@ -304,7 +304,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
             }
             "--recv-threads" => c.recv_threads = int(f, &v, 1usize, 16, "an integer from 1 to 16"),
             "--rcvbuf" => match ringfan::config::parse_bytes(&v) {
-                Some(n) if n <= 1 << 30 => c.rcvbuf = n as usize,
+                Some(n) if n <= 1 << 30 => c.rcvbuf = n,
                 _ => bad(
                     f,
                     &v,
