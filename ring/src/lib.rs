@@ -79,6 +79,10 @@ pub trait Driver {
     fn close(&mut self, fd: RawFd, user_data: UserData);
 
     /// Cancels every operation in flight on `fd`; each then posts its final completion.
+    ///
+    /// io_uring finds the targets by walking every armed poll of the ring: with thousands of
+    /// connections closing at once that is quadratic. Where the caller knows what it has in
+    /// flight, [`Driver::cancel`] each by its user_data (a hash lookup) instead.
     fn cancel_fd(&mut self, fd: RawFd, user_data: UserData);
 
     /// Cancels the operation tagged `target`.

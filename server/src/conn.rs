@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use protocol::LineDecoder;
@@ -107,6 +107,9 @@ pub struct SendState {
 
 /// Most iovecs gathered into one `sendmsg` (the kernel's UIO_MAXIOV is 1024).
 pub const IOV_MAX: usize = 1024;
+
+/// How long a closing connection waits for its cancels before cancelling a survivor again.
+const CANCEL_RETRY: Duration = Duration::from_secs(1);
 
 pub struct Conn {
     pub fd: RawFd,
@@ -440,22 +443,19 @@ impl<D: Driver> Worker<D> {
     /// hash lookup.
     fn conn_cancel_all(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        let ud = conn.ud(slot, Op::Cancel);
+        let cancel = conn.ud(slot, Op::Cancel);
         let targets = [
             (conn.recv_in_flight, Op::Recv),
             (conn.send_in_flight, Op::Send),
             (conn.shutdown_in_flight, Op::Shutdown),
-        ];
-        for (in_flight, op) in targets {
-            if in_flight {
-                let target = self.conns[slot].ud(slot, op);
-                self.conns[slot].cancels_in_flight += 1;
-                self.driver.cancel(target, ud);
-            }
+        ]
+        .map(|(in_flight, op)| in_flight.then(|| conn.ud(slot, op)));
+        conn.cancels_in_flight += targets.iter().flatten().count() as u8;
+        for target in targets.into_iter().flatten() {
+            self.driver.cancel(target, cancel);
         }
         // If something survives the cancel (it was already running), the deadline cancels again.
-        let deadline = self.now + std::time::Duration::from_secs(1);
-        self.set_deadline(slot, deadline);
+        self.set_deadline(slot, self.now + CANCEL_RETRY);
     }
 
     /// Cancelling and nothing in flight → CloseSubmitted.
@@ -507,8 +507,7 @@ impl<D: Driver> Worker<D> {
             }
             // Cancels still on their way: wait for them, never pile more on top.
             Closing::Cancelling if conn.cancels_in_flight > 0 => {
-                let deadline = self.now + std::time::Duration::from_secs(1);
-                self.set_deadline(slot, deadline);
+                self.set_deadline(slot, self.now + CANCEL_RETRY)
             }
             // An operation outlived its cancel: cancel again.
             Closing::Cancelling if conn.ops_in_flight() => self.conn_cancel_all(slot),
