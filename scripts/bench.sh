@@ -218,6 +218,22 @@ stats() {
                               m = NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2
                               print m, a[1], a[NR] }'
 }
+# fixed_rate_runs LABEL N S MSGS_PER_S: $runs runs of $server (fresh each time) at a fixed rate;
+# fills the arrays cpu (CPU-s per M deliveries), p50, p99 (µs) and fixed_lost.
+fixed_rate_runs() {
+    local r line
+    cpu=(); p50=(); p99=(); fixed_lost=()
+    for r in $(seq "$runs"); do
+        log "$1, run $r/$runs"
+        start "$server" || continue
+        line=$(load --subscribers "$2" --size "$3" --rate "$4" --duration "$secs" --warmup "$warmup" --drain 2)
+        stop
+        cpu+=("$(field server_cpu_s_per_m "$line")")
+        p50+=("$(field p50_us "$line")"); p99+=("$(field p99_us "$line")")
+        fixed_lost+=("$(field lost "$line")")
+        log "  -> CPU $(field server_cpu_s_per_m "$line") s/M, p50 $(field p50_us "$line") µs, p99 $(field p99_us "$line") µs, lost $(field lost "$line")"
+    done
+}
 fmt_int() { [ "$1" = na ] && echo "n/a" || printf "%'.0f" "$1"; }
 fmt_us() { # microseconds -> human
     [ "$1" = na ] && { echo "n/a"; return; }
@@ -286,17 +302,7 @@ for size in $sizes; do
                 gbusy+=("$(busy "$(field load_cpu_s "$line")" "$(field load_cores "$line")")")
                 log "  -> $(field delivered_msgs_per_s "$line") msgs/s, disconnected $(field disconnected "$line"), TCP memory peak $tp pages"
             done
-            cpu=(); p50=(); p99=(); fixed_lost=()
-            for r in $(seq "$runs"); do
-                log "$server N=$subs S=$size fixed rate $rate msgs/s, run $r/$runs"
-                start "$server" || continue
-                line=$(load --subscribers "$subs" --size "$size" --rate "$rate" --duration "$secs" --warmup "$warmup" --drain 2)
-                stop
-                cpu+=("$(field server_cpu_s_per_m "$line")")
-                p50+=("$(field p50_us "$line")"); p99+=("$(field p99_us "$line")")
-                fixed_lost+=("$(field lost "$line")")
-                log "  -> CPU $(field server_cpu_s_per_m "$line") s/M, p50 $(field p50_us "$line") µs, p99 $(field p99_us "$line") µs, lost $(field lost "$line")"
-            done
+            fixed_rate_runs "$server N=$subs S=$size fixed rate $rate msgs/s" "$subs" "$size" "$rate"
             notes=""
             if printf '%s\n' "${disc[@]}" | grep -qv '^0$'; then
                 notes=" (subscribers disconnected by the server, per run: $(printf '%s\n' "${disc[@]}" | paste -sd, - | sed 's/,/, /g'))"
@@ -317,15 +323,7 @@ done
 # ---- unbatched: N=unbatched_subs at unbatched_rate msgs/s, S=64 -------------------------------
 declare -A unb
 for server in $available_servers; do
-    cpu=(); p99=()
-    for r in $(seq "$runs"); do
-        log "unbatched: $server N=$unbatched_subs ${unbatched_rate} msgs/s, run $r/$runs"
-        start "$server" || continue
-        line=$(load --subscribers "$unbatched_subs" --size 64 --rate "$unbatched_rate" --duration "$secs" --warmup "$warmup" --drain 2)
-        stop
-        cpu+=("$(field server_cpu_s_per_m "$line")"); p99+=("$(field p99_us "$line")")
-        log "  -> CPU $(field server_cpu_s_per_m "$line") s/M, p99 $(field p99_us "$line") µs, lost $(field lost "$line")"
-    done
+    fixed_rate_runs "unbatched: $server N=$unbatched_subs ${unbatched_rate} msgs/s" "$unbatched_subs" 64 "$unbatched_rate"
     read -r cm cl ch < <(stats "${cpu[@]}")
     read -r pm _ _ < <(stats "${p99[@]}")
     unb[$server]="$cm $cl $ch $pm"
@@ -337,17 +335,7 @@ mode=all
 for c in $allcore_cfgs; do
     n=${c%%:*}; mps=${c##*:}
     for server in $available_servers; do
-        cpu=(); p50=(); p99=(); fixed_lost=()
-        for r in $(seq "$runs"); do
-            log "every core: $server N=$n $mps msgs/s, run $r/$runs"
-            start "$server" || continue
-            line=$(load --subscribers "$n" --size 64 --rate "$mps" --duration "$secs" --warmup "$warmup" --drain 2)
-            stop
-            cpu+=("$(field server_cpu_s_per_m "$line")")
-            p50+=("$(field p50_us "$line")"); p99+=("$(field p99_us "$line")")
-            fixed_lost+=("$(field lost "$line")")
-            log "  -> CPU $(field server_cpu_s_per_m "$line") s/M, p50 $(field p50_us "$line") µs, p99 $(field p99_us "$line") µs, lost $(field lost "$line")"
-        done
+        fixed_rate_runs "every core: $server N=$n $mps msgs/s" "$n" 64 "$mps"
         read -r cm cl ch < <(stats "${cpu[@]}")
         read -r p50m _ _ < <(stats "${p50[@]}")
         read -r p99m p99l p99h < <(stats "${p99[@]}")
