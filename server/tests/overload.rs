@@ -38,6 +38,18 @@ fn publish_numbered(
     })
 }
 
+/// The held clients leave (the server is back to baseline), then up to 10 new ones are served
+/// and close cleanly.
+fn served_again_after(held: Vec<Client>, server: &Server, ctx: &str) {
+    let n = held.len();
+    drop(held);
+    server.assert_clean(0, Duration::from_secs(3), ctx);
+    let mut again = connect_n(server.addr(), n.min(10));
+    sync_clients(&mut again, 0);
+    close_all_gracefully(again, "served again");
+    server.assert_clean(0, Duration::from_secs(3), "at the end");
+}
+
 fn line_number(l: &[u8]) -> usize {
     std::str::from_utf8(&l[..l.len() - 1])
         .unwrap()
@@ -64,12 +76,7 @@ fn connection_limit_refuses_at_once_then_serves_again() {
         listen_backlog(server.port())
     );
     server.assert_clean(100, Duration::from_secs(2), "100 held, 50 refused");
-    drop(held);
-    server.assert_clean(0, Duration::from_secs(3), "after the 100 left");
-    let mut again = connect_n(server.addr(), 10);
-    sync_clients(&mut again, 0);
-    close_all_gracefully(again, "served again");
-    server.assert_clean(0, Duration::from_secs(3), "at the end");
+    served_again_after(held, &server, "after the 100 left");
 }
 
 #[test]
@@ -134,13 +141,7 @@ fn out_of_fds_refuses_waiting_connections_without_spinning() {
     );
     assert_eq!(server.states().close_wait(), 0);
     // Fds free up: serving resumes by itself.
-    let n = held.len();
-    drop(held);
-    server.assert_clean(0, Duration::from_secs(3), "after the held clients left");
-    let mut again = connect_n(server.addr(), n.min(10));
-    sync_clients(&mut again, 0);
-    close_all_gracefully(again, "served again");
-    server.assert_clean(0, Duration::from_secs(3), "at the end");
+    served_again_after(held, &server, "after the held clients left");
 }
 
 /// 1 never-reading subscriber among fast ones under a steady flood, policy `disconnect` with
