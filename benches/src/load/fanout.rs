@@ -14,14 +14,9 @@ use super::publish::{self, PubCounters, Timing};
 use super::recv::{self, new_histogram, Receiver, Shared};
 use super::report::Report;
 use super::sys::{
-    connect, now_ns, proc_cpu, proc_cpu_secs, secs_ns, set_rcvbuf, sleep_until, tcp_mem_pages,
-    tcp_mem_pressure_pages, vm_rss_kib,
+    available_cores, connect, cpu_between, now_ns, proc_cpu, proc_cpu_secs, secs_ns, set_rcvbuf,
+    sleep_until, tcp_mem_pages, tcp_mem_pressure_pages, vm_rss_kib,
 };
-
-/// Cores this process may run on (its affinity mask, e.g. under taskset).
-fn available_cores() -> u64 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
-}
 use super::wire::subscribe_command;
 
 const SEC: u64 = 1_000_000_000;
@@ -379,10 +374,7 @@ pub fn run(cfg: &Config) -> i32 {
         tick += SEC;
     }
     let server_rss = cfg.server_pid.and_then(vm_rss_kib);
-    let server_cpu = match (cpu_start.flatten(), cpu_end) {
-        (Some(a), Some(b)) => Some((b.0 + b.1 - a.0 - a.1, b.0 - a.0)),
-        _ => None,
-    };
+    let server_cpu = cpu_between(cpu_start.flatten(), cpu_end);
 
     let mut kept = Vec::new();
     let mut readers = Vec::new();
@@ -494,8 +486,7 @@ pub fn run(cfg: &Config) -> i32 {
     if let Some(kib) = server_rss {
         rep.put("server_rss_kib", kib);
     }
-    if let (Some(a), Some(b)) = (own_cpu_start, own_cpu_end) {
-        let c = b.0 + b.1 - a.0 - a.1;
+    if let Some((c, _)) = cpu_between(own_cpu_start, own_cpu_end) {
         rep.put_f("load_cpu_s", c, 3)
             .put_f("load_cores_busy", c / cfg.duration.as_secs_f64(), 3)
             .put("load_cores", available_cores());

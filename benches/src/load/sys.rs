@@ -252,6 +252,17 @@ pub fn proc_cpu(pid: u32) -> Option<(f64, f64)> {
     Some((utime as f64 / tck, stime as f64 / tck))
 }
 
+/// (total, user) CPU seconds between two `proc_cpu` samples; None if either is missing.
+pub fn cpu_between(a: Option<(f64, f64)>, b: Option<(f64, f64)>) -> Option<(f64, f64)> {
+    let (a, b) = (a?, b?);
+    Some((b.0 + b.1 - a.0 - a.1, b.0 - a.0))
+}
+
+/// Cores this process may run on (its affinity mask, e.g. under taskset).
+pub fn available_cores() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
 /// Resident set size of `pid` in KiB (VmRSS in /proc/PID/status).
 pub fn vm_rss_kib(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
