@@ -111,4 +111,37 @@ pub trait Driver {
     fn doorbell(&self) -> Doorbell;
 
     fn stats(&self) -> DriverStats;
+
+    /// Bytes of `fd`'s send queue the peer has not acknowledged yet, unsent ones included, and
+    /// one for a FIN not yet acknowledged (`SIOCOUTQ`, the same request number as `TIOCOUTQ`: `write_seq - snd_una`). Zero once the peer
+    /// has received everything written and, after `SHUT_WR`, the FIN.
+    ///
+    /// A plain synchronous ioctl on both drivers; a simulated driver answers from its model.
+    fn unacked_bytes(&self, fd: RawFd) -> io::Result<usize> {
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one c_int through the pointer, which points at a live local.
+        let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n.max(0) as usize)
+    }
+
+    /// Reads and throws away what `fd` has received, up to `max` bytes, without blocking;
+    /// returns how much. For a graceful close: `close` with unread data sends a reset.
+    /// The caller must have no receive in flight on `fd`.
+    fn discard_unread(&mut self, fd: RawFd, max: usize) -> usize {
+        let mut buf = [0u8; 16384];
+        let mut total = 0;
+        while total < max {
+            let want = buf.len().min(max - total);
+            // SAFETY: `buf` is a live local of at least `want` bytes.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
+            if n <= 0 {
+                break;
+            }
+            total += n as usize;
+        }
+        total
+    }
 }

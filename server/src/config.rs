@@ -36,6 +36,8 @@ pub struct Config {
     /// TCP_NOTSENT_LOWAT of every connection; zero: the kernel's default (no limit).
     pub notsent_lowat: u32,
     pub publish_listen: Option<SocketAddr>,
+    /// RINGFAN_FAULT: a worker made to fail on purpose (tests of the failure path).
+    pub fault: Option<Fault>,
     pub driver: DriverChoice,
 }
 
@@ -68,6 +70,40 @@ pub fn derive_max_connections(nofile: u64, threads: usize) -> usize {
     (nofile as usize)
         .saturating_sub(fd_headroom(threads))
         .max(1)
+}
+
+/// How a worker made to fail by RINGFAN_FAULT fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    Panic,
+    Error,
+}
+
+/// RINGFAN_FAULT=KIND:WORKER:AFTER_MS: worker `worker` fails `after` its start. For tests of the
+/// failure path only: a failing worker must end the process promptly, never hang it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub worker: usize,
+    pub after: Duration,
+}
+
+impl Fault {
+    fn parse(v: &str) -> Option<Fault> {
+        let mut parts = v.trim().split(':');
+        let kind = match parts.next()? {
+            "panic" => FaultKind::Panic,
+            "error" => FaultKind::Error,
+            _ => return None,
+        };
+        let worker = parts.next()?.parse().ok()?;
+        let after = Duration::from_millis(parts.next()?.parse().ok()?);
+        parts.next().is_none().then_some(Fault {
+            kind,
+            worker,
+            after,
+        })
+    }
 }
 
 /// A variable's value was not acceptable. `Display` names the variable, the value and what is
@@ -121,6 +157,7 @@ const VARS: &[Var] = &[
     Var { name: "RINGFAN_PUBLISH_LISTEN", default: "off", help: "if set, only connections accepted on this address:port may publish; lines from RINGFAN_LISTEN are discarded" },
     Var { name: "RINGFAN_DRIVER", default: "auto", help: "auto (io_uring, else epoll with a warning saying why), io_uring (fail without it) or epoll" },
     Var { name: "RINGFAN_METRICS_LISTEN", default: "off", help: "address:port serving Prometheus metrics at /metrics (e.g. 127.0.0.1:9100); unset or empty: off" },
+    Var { name: "RINGFAN_FAULT", default: "off", help: "testing only: KIND:WORKER:AFTER_MS makes worker WORKER fail AFTER_MS after start (KIND panic or error)" },
     Var { name: "RINGFAN_LOG", default: "info", help: "log filter: error, warn, info, debug, trace (tracing EnvFilter syntax)" },
 ];
 
@@ -316,6 +353,15 @@ impl Config {
             )? as u32,
             notsent_lowat: size("RINGFAN_NOTSENT_LOWAT", 128 << 10, 0, 1 << 30)? as u32,
             publish_listen: optional_addr("RINGFAN_PUBLISH_LISTEN")?,
+            fault: match get("RINGFAN_FAULT") {
+                None | Some("") | Some("off") => None,
+                Some(v) => Some(Fault::parse(v).ok_or_else(|| ConfigError {
+                    var: "RINGFAN_FAULT",
+                    value: v.into(),
+                    accepted: "off or KIND:WORKER:AFTER_MS with KIND panic or error (e.g. panic:1:200)"
+                        .into(),
+                })?),
+            },
             driver,
             threads: int("RINGFAN_THREADS", cores as u64, 1, 1024, "")? as usize,
             pin: flag("RINGFAN_PIN", true)?,

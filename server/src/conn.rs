@@ -110,6 +110,9 @@ pub const IOV_MAX: usize = 1024;
 
 /// How long a closing connection waits for its cancels before cancelling a survivor again.
 const CANCEL_RETRY: Duration = Duration::from_secs(1);
+/// Most bytes read and discarded from a connection closed at shutdown after its peer had
+/// everything (a peer still flooding us then gets its reset: we stop reading for good).
+const DRAIN_BEFORE_CLOSE_BYTES_MAX: usize = 1 << 20;
 
 pub struct Conn {
     pub fd: RawFd,
@@ -126,6 +129,9 @@ pub struct Conn {
     pub close_in_flight: bool,
     /// The recv was cancelled on purpose to stop taking input (backpressure); re-armed later.
     pub recv_paused: bool,
+    /// Closed by us once the peer had everything (shutdown): read what it sent since, so the
+    /// close ends with a FIN, not a reset.
+    pub drain_before_close: bool,
 
     /// Messages to send, oldest first. The front `head_sent` bytes of the first are already sent.
     pub queue: VecDeque<Bytes>,
@@ -180,6 +186,7 @@ impl Conn {
             cancels_in_flight: 0,
             close_in_flight: false,
             recv_paused: false,
+            drain_before_close: false,
             queue: VecDeque::new(),
             head_sent: 0,
             queue_bytes: 0,
@@ -247,7 +254,9 @@ impl<D: Driver> Worker<D> {
 
     /// Subscribed → Draining: stop delivering, flush what is queued, then SHUT_WR.
     pub(crate) fn conn_unsubscribe(&mut self, slot: usize, reason: CloseReason) {
-        let deadline = self.now + self.cfg.close_timeout;
+        // At shutdown the whole shutdown has one deadline (RINGFAN_SHUTDOWN_TIMEOUT_MS, kept by
+        // the worker); a shorter per-connection close timeout must not cut it short.
+        let deadline = (reason != CloseReason::Shutdown).then(|| self.now + self.cfg.close_timeout);
         let conn = &mut self.conns[slot];
         assert_eq!(
             conn.write,
@@ -258,7 +267,9 @@ impl<D: Driver> Worker<D> {
         conn.write = WriteHalf::Draining;
         self.remove_subscriber(slot);
         self.stats.unsubscribed[reason as usize] += 1;
-        self.set_deadline(slot, deadline);
+        if let Some(deadline) = deadline {
+            self.set_deadline(slot, deadline);
+        }
         let end = self.discard_pending(slot);
         self.conn_flush_or_shut(slot);
         match end {
@@ -313,7 +324,33 @@ impl<D: Driver> Worker<D> {
         }
         if conn.read == ReadHalf::Ended {
             self.conn_begin_close(slot);
+        } else if self.shutting_down() {
+            // At shutdown the peer's FIN is not needed: once it has acknowledged every byte and
+            // our FIN, it has everything, and the connection is closed (see `conn_on_delivered`).
+            self.await_delivery(slot);
         }
+    }
+
+    /// Shutting down, write half ended, and the peer acknowledged every byte and our FIN: it has
+    /// received everything, so its own FIN is not waited for. The read half is ended from our
+    /// side and the connection closed gracefully: what the peer sent meanwhile is read and
+    /// discarded first, because `close` with unread data sends a reset instead of leaving the
+    /// socket to finish with a FIN.
+    pub(crate) fn conn_on_delivered(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        assert_eq!(
+            conn.write,
+            WriteHalf::Ended,
+            "delivered before SHUT_WR completed"
+        );
+        if conn.closing != Closing::No || conn.read != ReadHalf::Open {
+            return;
+        }
+        conn.read = ReadHalf::Ended;
+        conn.drain_before_close = true;
+        self.stats.shutdown_delivered += 1;
+        self.discard_pending(slot);
+        self.conn_begin_close(slot);
     }
 
     /// The read half ended (after everything received before it was processed).
@@ -354,7 +391,10 @@ impl<D: Driver> Worker<D> {
         assert!(conn.send_in_flight);
         conn.send_in_flight = false;
         let sent = if result > 0 { result as usize } else { 0 };
-        debug_assert!(sent <= conn.send_bytes);
+        assert!(
+            sent <= conn.send_bytes,
+            "a send reported more bytes than it was given"
+        );
         conn.send_bytes = 0;
         self.stats.bytes_out += sent as u64;
         conn.advance(sent);
@@ -377,8 +417,12 @@ impl<D: Driver> Worker<D> {
         }
         if result < 0 {
             return match -result {
-                // Transient: try again.
-                libc::EINTR | libc::EAGAIN | libc::ENOBUFS | libc::ENOMEM => self.mark_dirty(slot),
+                // Transient: the kernel is short of memory (or the send was interrupted). Retrying
+                // at once would spin on the same shortage: try again after a back-off.
+                libc::EINTR | libc::EAGAIN | libc::ENOBUFS | libc::ENOMEM => {
+                    self.stats.send_retries += 1;
+                    self.retry_send_later(slot)
+                }
                 libc::ECONNRESET | libc::EPIPE | libc::ETIMEDOUT => {
                     self.conn_abort(slot, CloseReason::PeerReset)
                 }
@@ -428,7 +472,8 @@ impl<D: Driver> Worker<D> {
         );
         assert_eq!(conn.closing, Closing::No);
         conn.closing = Closing::Cancelling;
-        conn.deadline = None;
+        self.clear_deadline(slot);
+        let conn = &self.conns[slot];
         if conn.recv_in_flight || conn.send_in_flight || conn.shutdown_in_flight {
             self.conn_cancel_all(slot);
         }
@@ -450,7 +495,11 @@ impl<D: Driver> Worker<D> {
             (conn.shutdown_in_flight, Op::Shutdown),
         ]
         .map(|(in_flight, op)| in_flight.then(|| conn.ud(slot, op)));
-        conn.cancels_in_flight += targets.iter().flatten().count() as u8;
+        let count = targets.iter().flatten().count() as u8;
+        conn.cancels_in_flight = conn
+            .cancels_in_flight
+            .checked_add(count)
+            .expect("cancels in flight overflow: a cancel was submitted twice without completing");
         for target in targets.into_iter().flatten() {
             self.driver.cancel(target, cancel);
         }
@@ -466,6 +515,13 @@ impl<D: Driver> Worker<D> {
         }
         conn.closing = Closing::CloseSubmitted;
         conn.close_in_flight = true;
+        if conn.drain_before_close {
+            // Nothing of ours is in flight on it any more, so a plain read cannot race one.
+            let fd = conn.fd;
+            self.stats.bytes_discarded +=
+                self.driver.discard_unread(fd, DRAIN_BEFORE_CLOSE_BYTES_MAX) as u64;
+        }
+        let conn = &mut self.conns[slot];
         let ud = conn.ud(slot, Op::Close);
         self.driver.close(conn.fd, ud);
     }
@@ -473,6 +529,7 @@ impl<D: Driver> Worker<D> {
     /// Close completed: free the slot; the generation bump makes every later completion for it
     /// stale.
     pub(crate) fn conn_on_close(&mut self, slot: usize, result: i32) {
+        self.clear_deadline(slot);
         let conn = self.conns.remove(slot);
         assert_eq!(conn.closing, Closing::CloseSubmitted);
         assert!(conn.close_in_flight);
@@ -498,8 +555,11 @@ impl<D: Driver> Worker<D> {
 
     /// A deadline passed: the flush or the peer's FIN did not come in time.
     pub(crate) fn conn_on_deadline(&mut self, slot: usize) {
-        let conn = &mut self.conns[slot];
-        conn.deadline = None;
+        let conn = &self.conns[slot];
+        debug_assert!(
+            conn.deadline.is_none(),
+            "the worker clears a deadline before it fires"
+        );
         match conn.closing {
             Closing::No => {
                 self.stats.close_timeouts += 1;
@@ -526,7 +586,10 @@ impl<D: Driver> Worker<D> {
 impl Conn {
     /// Drops `sent` bytes from the front of the queue.
     pub fn advance(&mut self, mut sent: usize) {
-        self.queue_bytes -= sent;
+        self.queue_bytes = self
+            .queue_bytes
+            .checked_sub(sent)
+            .expect("a send reported more bytes than were queued");
         while sent > 0 {
             let front_left = self.queue[0].len() - self.head_sent;
             if sent >= front_left {

@@ -17,8 +17,15 @@ use ringfan::{metrics, net};
 
 /// Exit status for a configuration error (bad variable or argument).
 const EXIT_CONFIG: u8 = 2;
-/// Exit status when io_uring cannot be used here.
+/// Exit status when io_uring cannot be used here (RINGFAN_DRIVER=io_uring, or `--check`).
 const EXIT_NO_IO_URING: u8 = 3;
+/// Exit status when a worker's driver (its io_uring or epoll instance) could not be set up.
+const EXIT_DRIVER_SETUP: u8 = 4;
+/// Exit status when a worker stopped with an error while serving.
+const EXIT_WORKER_FAILED: u8 = 5;
+/// How often the main thread looks for a worker that stopped: a failure ends the process
+/// within about this long.
+const WORKER_POLL: Duration = Duration::from_millis(100);
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     }
+    install_panic_abort();
     let cfg = match Config::from_env() {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -203,8 +211,11 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
         match ready_rx.recv()? {
             Ok((id, doorbell)) => doorbells[id] = Some(doorbell),
             Err(e) => {
-                tracing::error!("a worker could not start: {e}");
-                return Ok(ExitCode::from(EXIT_NO_IO_URING));
+                tracing::error!(
+                    "a worker could not set up its {} driver: {e}",
+                    if use_uring { "io_uring" } else { "epoll" }
+                );
+                return Ok(ExitCode::from(EXIT_DRIVER_SETUP));
             }
         }
     }
@@ -232,47 +243,37 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let _ = std::io::stdout().flush();
 
     // Wait for SIGINT/SIGTERM, or for a worker to stop on its own (an error).
-    let mut failed = false;
+    let mut handles: Vec<Option<WorkerHandle>> = handles.into_iter().map(Some).collect();
+    let mut total = Stats::default();
     loop {
-        if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
+        if let Some(sig) = wait_signal(&signals, WORKER_POLL) {
             tracing::info!(
                 "received {}: stopping accepts, flushing every connection",
                 signal_name(sig)
             );
             break;
         }
-        if handles.iter().any(|h| h.is_finished()) {
-            tracing::error!("a worker stopped unexpectedly; shutting down");
-            failed = true;
-            break;
+        if let Some(code) = reap_workers(&mut handles, &mut total, false) {
+            return Ok(code);
         }
     }
     shared.shutdown.store(true, Ordering::Release);
     shared.wake_all();
-    // A second signal while draining means "now".
-    let watcher = thread::spawn(move || loop {
-        if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
+    // Until every worker has finished: a second signal means "now"; a worker that fails means
+    // "now" too, because the others would wait forever for its part of the shutdown.
+    loop {
+        if let Some(sig) = wait_signal(&signals, WORKER_POLL) {
             tracing::warn!(
                 "received {} again: exiting without waiting for connections",
                 signal_name(sig)
             );
             std::process::exit(1);
         }
-    });
-    drop(watcher);
-
-    let mut total = Stats::default();
-    for (id, h) in handles.into_iter().enumerate() {
-        match h.join() {
-            Ok(Ok(stats)) => total.add(&stats),
-            Ok(Err(e)) => {
-                tracing::error!(worker = id, "worker failed: {e}");
-                failed = true;
-            }
-            Err(_) => {
-                tracing::error!(worker = id, "worker panicked");
-                failed = true;
-            }
+        if let Some(code) = reap_workers(&mut handles, &mut total, true) {
+            return Ok(code);
+        }
+        if handles.iter().all(Option::is_none) {
+            break;
         }
     }
     if total.shutdown_aborted > 0 {
@@ -282,11 +283,59 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
         );
     }
     tracing::info!("stopped: {total}");
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(ExitCode::SUCCESS)
+}
+
+type WorkerHandle = thread::JoinHandle<std::io::Result<Stats>>;
+
+/// Joins the workers that have finished and adds up their counters. A worker that failed ends
+/// the whole process at once (the exit status to return): the others cannot finish a shutdown
+/// without it, and its connections have nobody to serve them. Before shutdown (`shutting_down`
+/// false) any worker that stops has failed.
+fn reap_workers(
+    handles: &mut [Option<WorkerHandle>],
+    total: &mut Stats,
+    shutting_down: bool,
+) -> Option<ExitCode> {
+    for (id, slot) in handles.iter_mut().enumerate() {
+        if !slot.as_ref().is_some_and(|h| h.is_finished()) {
+            continue;
+        }
+        let handle = slot.take().expect("checked above");
+        match handle.join() {
+            Ok(Ok(stats)) if shutting_down => total.add(&stats),
+            Ok(Ok(_)) => {
+                tracing::error!(
+                    worker = id,
+                    "worker stopped without being asked to; exiting"
+                );
+                return Some(ExitCode::from(EXIT_WORKER_FAILED));
+            }
+            Ok(Err(e)) => {
+                tracing::error!(worker = id, "worker failed: {e}; exiting");
+                return Some(ExitCode::from(EXIT_WORKER_FAILED));
+            }
+            // Unreachable while the panic hook aborts; kept so an unwinding build still exits.
+            Err(_) => {
+                tracing::error!(worker = id, "worker panicked; exiting");
+                return Some(ExitCode::from(EXIT_WORKER_FAILED));
+            }
+        }
+    }
+    None
+}
+
+/// A panic anywhere aborts the process after it is reported. Unwinding a worker would free
+/// memory the kernel may still write into: the provided-buffer ring, a send's msghdr and the
+/// `Bytes` behind it, all of which live until the operation's final completion. The release
+/// profile also sets `panic = "abort"`; this covers builds that do not.
+fn install_panic_abort() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!("{info}; aborting");
+        std::process::abort();
+    }));
 }
 
 /// What a worker thread needs besides its driver.

@@ -1749,6 +1749,29 @@ impl Driver for SimDriver {
         self.free.len()
     }
 
+    /// What the peer has not read yet stands for what it has not acknowledged (a peer's window
+    /// is what it reads), plus our FIN until it has seen it.
+    fn unacked_bytes(&self, fd: RawFd) -> std::io::Result<usize> {
+        let Some(sock) = self.socks.get(&fd) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EBADF));
+        };
+        let p = &self.peers[sock.peer];
+        if p.reset {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOTCONN));
+        }
+        Ok(p.to_peer.len() + usize::from(p.server_fin && !p.eof_seen))
+    }
+
+    fn discard_unread(&mut self, fd: RawFd, _max: usize) -> usize {
+        let Some(sock) = self.socks.get(&fd) else {
+            return 0;
+        };
+        let p = &mut self.peers[sock.peer];
+        let n = p.inbound.len();
+        p.inbound.clear();
+        n
+    }
+
     fn doorbell(&self) -> Doorbell {
         self.doorbell.clone()
     }

@@ -16,6 +16,8 @@ pub struct Stats {
     pub aborted: u64,
     pub close_timeouts: u64,
     pub shutdown_aborted: u64,
+    /// Connections closed at shutdown once their peer had acknowledged everything.
+    pub shutdown_delivered: u64,
     /// Queued bytes that were never sent because the connection was closed abortively.
     pub lost_bytes: u64,
     pub stale_completions: u64,
@@ -42,83 +44,160 @@ pub struct Stats {
     pub slow_timeouts: u64,
     /// Lines not queued to a subscriber over its limit (drop policy).
     pub messages_dropped: u64,
+    /// Sends retried after a back-off because the kernel was short of memory.
+    pub send_retries: u64,
     pub unexpected_errors: u64,
     pub driver: DriverStats,
 }
 
+/// Applies `$m!(name, ...)` to every scalar counter. `Stats::add` and `Display` also destructure
+/// the struct exhaustively (the scalars as `_`), so a counter added to the struct but not to
+/// this list fails to compile instead of being silently left out.
+macro_rules! scalar_counters {
+    ($m:ident) => {
+        $m!(
+            accepted,
+            aborted,
+            close_timeouts,
+            shutdown_aborted,
+            shutdown_delivered,
+            lost_bytes,
+            stale_completions,
+            bytes_in,
+            bytes_out,
+            bytes_discarded,
+            messages_in,
+            messages_out,
+            protocol_errors,
+            evicted_slow,
+            recv_enobufs,
+            recv_paused,
+            backpressure_turns,
+            stalled_turns,
+            accept_emfile,
+            refused_limit,
+            refused_emfile,
+            subscriber_bytes_discarded,
+            slow_timeouts,
+            messages_dropped,
+            send_retries,
+            unexpected_errors
+        )
+    };
+}
+
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        self.accepted += o.accepted;
-        for i in 0..self.closed.len() {
-            self.closed[i] += o.closed[i];
-            self.unsubscribed[i] += o.unsubscribed[i];
+        let Stats {
+            accepted: _,
+            aborted: _,
+            close_timeouts: _,
+            shutdown_aborted: _,
+            shutdown_delivered: _,
+            lost_bytes: _,
+            stale_completions: _,
+            bytes_in: _,
+            bytes_out: _,
+            bytes_discarded: _,
+            messages_in: _,
+            messages_out: _,
+            protocol_errors: _,
+            evicted_slow: _,
+            recv_enobufs: _,
+            recv_paused: _,
+            backpressure_turns: _,
+            stalled_turns: _,
+            accept_emfile: _,
+            refused_limit: _,
+            refused_emfile: _,
+            subscriber_bytes_discarded: _,
+            slow_timeouts: _,
+            messages_dropped: _,
+            send_retries: _,
+            unexpected_errors: _,
+            closed,
+            unsubscribed,
+            driver:
+                DriverStats {
+                    sq_full,
+                    cq_overflow,
+                    enter_retries,
+                },
+        } = o;
+        macro_rules! add {
+            ($($f:ident),*) => { $( self.$f += o.$f; )* };
         }
-        self.aborted += o.aborted;
-        self.close_timeouts += o.close_timeouts;
-        self.shutdown_aborted += o.shutdown_aborted;
-        self.lost_bytes += o.lost_bytes;
-        self.stale_completions += o.stale_completions;
-        self.bytes_in += o.bytes_in;
-        self.bytes_out += o.bytes_out;
-        self.bytes_discarded += o.bytes_discarded;
-        self.messages_in += o.messages_in;
-        self.messages_out += o.messages_out;
-        self.protocol_errors += o.protocol_errors;
-        self.evicted_slow += o.evicted_slow;
-        self.recv_enobufs += o.recv_enobufs;
-        self.recv_paused += o.recv_paused;
-        self.backpressure_turns += o.backpressure_turns;
-        self.stalled_turns += o.stalled_turns;
-        self.accept_emfile += o.accept_emfile;
-        self.refused_limit += o.refused_limit;
-        self.refused_emfile += o.refused_emfile;
-        self.subscriber_bytes_discarded += o.subscriber_bytes_discarded;
-        self.slow_timeouts += o.slow_timeouts;
-        self.messages_dropped += o.messages_dropped;
-        self.unexpected_errors += o.unexpected_errors;
-        self.driver.sq_full += o.driver.sq_full;
-        self.driver.cq_overflow += o.driver.cq_overflow;
-        self.driver.enter_retries += o.driver.enter_retries;
+        scalar_counters!(add);
+        for (mine, theirs) in self.closed.iter_mut().zip(closed) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.unsubscribed.iter_mut().zip(unsubscribed) {
+            *mine += theirs;
+        }
+        self.driver.sq_full += sq_full;
+        self.driver.cq_overflow += cq_overflow;
+        self.driver.enter_retries += enter_retries;
     }
 }
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "accepted={}", self.accepted)?;
+        let Stats {
+            accepted: _,
+            aborted: _,
+            close_timeouts: _,
+            shutdown_aborted: _,
+            shutdown_delivered: _,
+            lost_bytes: _,
+            stale_completions: _,
+            bytes_in: _,
+            bytes_out: _,
+            bytes_discarded: _,
+            messages_in: _,
+            messages_out: _,
+            protocol_errors: _,
+            evicted_slow: _,
+            recv_enobufs: _,
+            recv_paused: _,
+            backpressure_turns: _,
+            stalled_turns: _,
+            accept_emfile: _,
+            refused_limit: _,
+            refused_emfile: _,
+            subscriber_bytes_discarded: _,
+            slow_timeouts: _,
+            messages_dropped: _,
+            send_retries: _,
+            unexpected_errors: _,
+            closed,
+            unsubscribed,
+            driver:
+                DriverStats {
+                    sq_full,
+                    cq_overflow,
+                    enter_retries,
+                },
+        } = self;
+        macro_rules! show {
+            ($($f:ident),*) => {{
+                let mut sep = "";
+                $(
+                    write!(f, "{sep}{}={}", stringify!($f), self.$f)?;
+                    sep = " ";
+                )*
+                let _ = sep;
+            }};
+        }
+        scalar_counters!(show);
         for r in CloseReason::ALL {
-            write!(f, " closed_{}={}", r.name(), self.closed[r as usize])?;
+            write!(f, " closed_{}={}", r.name(), closed[r as usize])?;
+        }
+        for r in CloseReason::ALL {
+            write!(f, " unsubscribed_{}={}", r.name(), unsubscribed[r as usize])?;
         }
         write!(
             f,
-            " aborted={} close_timeouts={} shutdown_aborted={} lost_bytes={} stale_completions={} \
-             messages_in={} messages_out={} bytes_in={} bytes_out={} bytes_discarded={} \
-             protocol_errors={} evicted_slow={} recv_enobufs={} recv_paused={} backpressure_turns={} stalled_turns={} \
-             accept_emfile={} refused_limit={} refused_emfile={} subscriber_bytes_discarded={} slow_timeouts={} messages_dropped={} unexpected_errors={} sq_full={} cq_overflow={}",
-            self.aborted,
-            self.close_timeouts,
-            self.shutdown_aborted,
-            self.lost_bytes,
-            self.stale_completions,
-            self.messages_in,
-            self.messages_out,
-            self.bytes_in,
-            self.bytes_out,
-            self.bytes_discarded,
-            self.protocol_errors,
-            self.evicted_slow,
-            self.recv_enobufs,
-            self.recv_paused,
-            self.backpressure_turns,
-            self.stalled_turns,
-            self.accept_emfile,
-            self.refused_limit,
-            self.refused_emfile,
-            self.subscriber_bytes_discarded,
-            self.slow_timeouts,
-            self.messages_dropped,
-            self.unexpected_errors,
-            self.driver.sq_full,
-            self.driver.cq_overflow
+            " sq_full={sq_full} cq_overflow={cq_overflow} enter_retries={enter_retries}"
         )
     }
 }

@@ -30,6 +30,8 @@ struct Script {
     buffers: HashMap<u16, Vec<u8>>,
     next_buffer: u16,
     doorbell: Doorbell,
+    /// What `unacked_bytes` answers per fd; fds not in it are not sockets (EBADF).
+    unacked: HashMap<RawFd, usize>,
 }
 
 impl Script {
@@ -40,6 +42,7 @@ impl Script {
             buffers: HashMap::new(),
             next_buffer: 0,
             doorbell: Doorbell::new().unwrap(),
+            unacked: HashMap::new(),
         }
     }
 }
@@ -93,6 +96,15 @@ impl Driver for Script {
     }
     fn stats(&self) -> DriverStats {
         DriverStats::default()
+    }
+    fn unacked_bytes(&self, fd: RawFd) -> std::io::Result<usize> {
+        self.unacked
+            .get(&fd)
+            .copied()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF))
+    }
+    fn discard_unread(&mut self, _fd: RawFd, _max: usize) -> usize {
+        0
     }
 }
 
@@ -167,6 +179,23 @@ impl Harness {
     }
     fn ud(recv: UserData, op: Op) -> UserData {
         UserData::new(recv.slot(), recv.generation(), op)
+    }
+    /// Sets the shutdown flag, as the main thread does on SIGTERM.
+    fn sigterm(&mut self) {
+        self.w
+            .shared
+            .shutdown
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+    /// The submissions of this turn but the listener's (accept and its cancel at shutdown).
+    fn take_conn_subs(&mut self) -> Vec<Sub> {
+        self.take()
+            .into_iter()
+            .filter(|s| {
+                !matches!(s, Sub::Accept)
+                    && !matches!(s, Sub::Cancel(t, _) if t.op() == Some(Op::Accept))
+            })
+            .collect()
     }
     fn closed(&self, reason: CloseReason) -> u64 {
         self.w.stats.closed[reason as usize]
@@ -437,4 +466,156 @@ fn slow_subscriber_is_evicted_and_its_queue_still_flushed() {
         "flushed, then SHUT_WR"
     );
     assert_eq!(h.w.stats.evicted_slow, 1);
+}
+
+/// At shutdown a connection is closed as soon as its peer has acknowledged every byte and our
+/// FIN: its own FIN is not waited for, and it is closed gracefully, never reset.
+#[test]
+fn shutdown_closes_once_the_peer_acknowledged_everything_without_waiting_for_its_fin() {
+    let mut h = Harness::new(&[("RINGFAN_CLOSE_TIMEOUT_MS", "60000")]);
+    let recv = h.accept(FD);
+    h.sigterm();
+    h.turn();
+    let shut = Harness::ud(recv, Op::Shutdown);
+    assert_eq!(
+        h.take_conn_subs(),
+        vec![Sub::Shutdown(FD, shut)],
+        "nothing queued: SHUT_WR at once"
+    );
+    // The listener's accept ends with its cancel.
+    h.complete(
+        UserData::new(u32::MAX - 1, 0, Op::Accept),
+        -libc::ECANCELED,
+        false,
+    );
+    h.w.driver.unacked.insert(FD, 1); // our FIN is not acknowledged yet
+    h.complete(shut, 0, false);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![],
+        "the peer has not acknowledged the FIN yet"
+    );
+    h.w.driver.unacked.insert(FD, 0);
+    h.now += Duration::from_millis(5);
+    h.turn();
+    let cancel = Harness::ud(recv, Op::Cancel);
+    assert_eq!(
+        h.take(),
+        vec![Sub::Cancel(recv, cancel)],
+        "acknowledged: end the read half from our side (cancel the recv), no FIN awaited"
+    );
+    h.complete(recv, -libc::ECANCELED, false);
+    h.complete(cancel, 0, false);
+    h.turn();
+    assert_eq!(h.take(), vec![Sub::Close(FD, Harness::ud(recv, Op::Close))]);
+    h.complete(Harness::ud(recv, Op::Close), 0, false);
+    assert!(
+        h.w.turn(h.now),
+        "the worker is done once the connection is freed"
+    );
+    assert_eq!(h.closed(CloseReason::Shutdown), 1);
+    assert_eq!(h.w.stats.aborted, 0, "never reset");
+    assert_eq!(h.w.stats.shutdown_delivered, 1);
+}
+
+/// The per-connection close timeout does not cut a shutdown short: RINGFAN_SHUTDOWN_TIMEOUT_MS
+/// bounds it, and what is reset at that deadline is counted as a shutdown abort.
+#[test]
+fn shutdown_timeout_not_the_close_timeout_bounds_a_shutdown() {
+    let mut h = Harness::new(&[
+        ("RINGFAN_CLOSE_TIMEOUT_MS", "100"),
+        ("RINGFAN_SHUTDOWN_TIMEOUT_MS", "1000"),
+    ]);
+    let recv = h.accept(FD);
+    h.sigterm();
+    h.turn();
+    let shut = Harness::ud(recv, Op::Shutdown);
+    assert_eq!(h.take_conn_subs(), vec![Sub::Shutdown(FD, shut)]);
+    h.w.driver.unacked.insert(FD, 1000); // a peer that does not read
+    h.complete(shut, 0, false);
+    h.turn();
+    h.now += Duration::from_millis(500);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![],
+        "500 ms in: past the close timeout, within the shutdown's"
+    );
+    h.now += Duration::from_millis(600);
+    h.turn();
+    assert_eq!(
+        h.take(),
+        vec![Sub::Cancel(recv, Harness::ud(recv, Op::Cancel))],
+        "shutdown deadline: abort"
+    );
+    assert_eq!(h.w.stats.shutdown_aborted, 1);
+    assert_eq!(h.w.stats.close_timeouts, 0);
+}
+
+/// A cancel completion the connection never asked for is a bookkeeping bug: it must panic,
+/// not wrap the counter (the connection would then wait in Cancelling forever and shutdown
+/// would never end).
+#[test]
+#[should_panic(expected = "a cancel completed that this connection never submitted")]
+fn stray_cancel_completion_panics_instead_of_wrapping_the_counter() {
+    let mut h = Harness::new(&[]);
+    let recv = h.accept(FD);
+    h.complete(Harness::ud(recv, Op::Cancel), 0, false);
+    h.turn();
+}
+
+/// ENOBUFS/ENOMEM on a send: the kernel is short of memory. Resubmitting at once would spin;
+/// the send is retried after a back-off.
+#[test]
+fn send_short_of_kernel_memory_is_retried_after_a_back_off() {
+    let mut h = Harness::new(&[("RINGFAN_ECHO", "1")]);
+    let recv = h.accept(FD);
+    h.data(recv, b"x\n");
+    h.turn();
+    let send = Harness::ud(recv, Op::Send);
+    assert_eq!(h.take(), vec![Sub::Send(FD, send, b"x\n".to_vec())]);
+    for errno in [libc::ENOBUFS, libc::ENOMEM] {
+        h.complete(send, -errno, false);
+        h.turn();
+        h.turn();
+        assert_eq!(h.take(), vec![], "no resend in the same instant");
+        h.now += Duration::from_millis(5);
+        h.turn();
+        assert_eq!(
+            h.take(),
+            vec![Sub::Send(FD, send, b"x\n".to_vec())],
+            "resent after the back-off"
+        );
+    }
+    assert_eq!(h.w.stats.send_retries, 2);
+}
+
+/// Connections closing one after another leave no deadline behind: the deadline set holds at
+/// most one entry per live connection (it used to keep one per closed connection until its
+/// close timeout passed, growing with churn x RINGFAN_CLOSE_TIMEOUT_MS).
+#[test]
+fn deadline_set_holds_at_most_one_entry_per_live_connection_under_churn() {
+    let mut h = Harness::new(&[("RINGFAN_CLOSE_TIMEOUT_MS", "60000")]);
+    let keep = h.accept(FD);
+    for i in 0..1000 {
+        let recv = h.accept(FD + 1 + i);
+        h.complete(recv, 0, false); // peer FIN: unsubscribe, deadline set
+        h.turn();
+        let shut = Harness::ud(recv, Op::Shutdown);
+        assert_eq!(h.take(), vec![Sub::Shutdown(FD + 1 + i, shut)]);
+        h.complete(shut, 0, false);
+        h.turn();
+        let close = Harness::ud(recv, Op::Close);
+        assert_eq!(h.take(), vec![Sub::Close(FD + 1 + i, close)]);
+        h.complete(close, 0, false);
+        h.turn();
+        assert!(
+            h.w.deadlines_len() <= h.w.conns.len(),
+            "after {i} closes: {} deadlines for {} connections",
+            h.w.deadlines_len(),
+            h.w.conns.len()
+        );
+    }
+    assert!(h.w.conns.contains(keep.slot() as usize));
 }

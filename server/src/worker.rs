@@ -4,8 +4,7 @@
 //! connection → fan the turn's lines out (locally, and one batch to each other worker) → submit
 //! gathered sends → deadlines → wait.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -51,6 +50,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const STALL_PROGRESS_WINDOW: Duration = Duration::from_millis(500);
 /// ...and for at most this long per episode over half its queue limit.
 const STALL_MAX: Duration = Duration::from_millis(5000);
+/// Wait before resending after a send failed for want of kernel memory (ENOBUFS, ENOMEM).
+const SEND_RETRY_BACKOFF: Duration = Duration::from_millis(2);
+/// At shutdown, how often the connections waiting for their peers' acknowledgements are
+/// checked (one ioctl each).
+const DELIVERY_CHECK_INTERVAL: Duration = Duration::from_millis(2);
 
 enum AfterFanOut {
     ReadEnd(ReadEnd),
@@ -89,7 +93,19 @@ pub struct Worker<D: Driver> {
     lagging: Vec<(usize, u32)>,
     /// Connections whose recv ended for want of buffers; re-armed when buffers return.
     starved: Vec<(usize, u32)>,
-    deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Every connection's deadline, at most one entry each (`Conn::deadline` is its key): the
+    /// set never holds more entries than there are live connections, however fast they churn.
+    deadlines: BTreeSet<(Instant, usize)>,
+    /// Connections whose send failed for want of kernel memory, re-marked for sending at
+    /// `send_retry_at`.
+    send_backoff: Vec<(usize, u32)>,
+    send_retry_at: Option<Instant>,
+    /// At shutdown: connections whose FIN is sent, waiting for the peer to acknowledge
+    /// everything (then closed without waiting for its FIN).
+    awaiting_delivery: Vec<(usize, u32)>,
+    next_delivery_check: Instant,
+    /// The testing fault this worker injects, if any, and when.
+    fault: Option<(crate::config::FaultKind, Instant)>,
     /// This turn's published chunks with the slot that sent each.
     batch: Vec<(Chunk, usize)>,
     inbox_batches: Vec<Batch>,
@@ -118,6 +134,10 @@ impl<D: Driver> Worker<D> {
         listener: OwnedFd,
         publish_listener: Option<OwnedFd>,
     ) -> Self {
+        let fault = cfg
+            .fault
+            .filter(|f| f.worker == id)
+            .map(|f| (f.kind, Instant::now() + f.after));
         Worker {
             id,
             cfg,
@@ -141,7 +161,12 @@ impl<D: Driver> Worker<D> {
             dirty: Vec::new(),
             starved: Vec::new(),
             lagging: Vec::new(),
-            deadlines: BinaryHeap::new(),
+            deadlines: BTreeSet::new(),
+            send_backoff: Vec::new(),
+            send_retry_at: None,
+            awaiting_delivery: Vec::new(),
+            next_delivery_check: Instant::now(),
+            fault,
             batch: Vec::new(),
             inbox_batches: Vec::new(),
             after_fan_out: Vec::new(),
@@ -181,12 +206,29 @@ impl<D: Driver> Worker<D> {
     pub fn run(mut self) -> std::io::Result<Stats> {
         self.start();
         while !self.turn(Instant::now()) {
+            self.inject_fault()?;
             let wait = self.wait_time();
             self.driver.submit_and_wait(wait)?;
         }
         self.driver.submit()?;
         self.stats.driver = self.driver.stats();
         Ok(self.stats)
+    }
+
+    /// RINGFAN_FAULT: fail this worker on purpose, to test that a failing worker ends the
+    /// process promptly instead of hanging it.
+    fn inject_fault(&mut self) -> std::io::Result<()> {
+        use crate::config::FaultKind;
+        match self.fault {
+            Some((kind, at)) if Instant::now() >= at => match kind {
+                FaultKind::Panic => panic!("RINGFAN_FAULT: worker {} panics on purpose", self.id),
+                FaultKind::Error => Err(std::io::Error::other(format!(
+                    "RINGFAN_FAULT: worker {} fails on purpose",
+                    self.id
+                ))),
+            },
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn start(&mut self) {
@@ -219,6 +261,8 @@ impl<D: Driver> Worker<D> {
             }
         }
         self.expire_deadlines();
+        self.retry_backed_off_sends();
+        self.check_delivered();
         self.submit_sends();
         self.publish_metrics();
         self.phase == Phase::Draining && self.conns.is_empty() && !self.accepting()
@@ -238,8 +282,17 @@ impl<D: Driver> Worker<D> {
             Duration::from_millis(1)
         };
         let mut due = |t: Instant| wait = wait.min(t.saturating_duration_since(self.now));
-        if let Some(Reverse((t, _, _))) = self.deadlines.peek() {
-            due(*t);
+        if let Some(&(t, _)) = self.deadlines.first() {
+            due(t);
+        }
+        if let Some(t) = self.send_retry_at {
+            due(t);
+        }
+        if !self.awaiting_delivery.is_empty() {
+            due(self.next_delivery_check);
+        }
+        if let Some((_, t)) = self.fault {
+            due(t);
         }
         for t in self.listeners.iter().filter_map(|l| l.retry_at) {
             due(t);
@@ -306,7 +359,10 @@ impl<D: Driver> Worker<D> {
             Op::Close => self.conn_on_close(slot, c.result),
             Op::Cancel => {
                 let conn = &mut self.conns[slot];
-                conn.cancels_in_flight -= 1;
+                conn.cancels_in_flight = conn
+                    .cancels_in_flight
+                    .checked_sub(1)
+                    .expect("a cancel completed that this connection never submitted");
                 self.conn_try_close(slot);
             }
             Op::Accept | Op::Doorbell => unreachable!(),
@@ -426,7 +482,10 @@ impl<D: Driver> Worker<D> {
                     && !conn.recv_paused
                 {
                     conn.recv_paused = true;
-                    conn.cancels_in_flight += 1;
+                    conn.cancels_in_flight = conn
+                        .cancels_in_flight
+                        .checked_add(1)
+                        .expect("cancels in flight overflow");
                     let target = conn.ud(slot, Op::Recv);
                     let ud = conn.ud(slot, Op::Cancel);
                     self.driver.cancel(target, ud);
@@ -539,7 +598,10 @@ impl<D: Driver> Worker<D> {
                 let Some((id, len)) = conn.pending.pop_front() else {
                     break;
                 };
-                conn.pending_bytes -= len as usize;
+                conn.pending_bytes = conn
+                    .pending_bytes
+                    .checked_sub(len as usize)
+                    .expect("pending input counted short");
                 taken += len as usize;
                 turn_left = turn_left.saturating_sub(len as usize);
                 let decoded = conn.decoder.decode(self.driver.buffer(id, len as usize));
@@ -825,25 +887,41 @@ impl<D: Driver> Worker<D> {
 
     // ---- deadlines and shutdown --------------------------------------------------------------
 
+    /// Sets (or moves) the connection's one deadline.
     pub(crate) fn set_deadline(&mut self, slot: usize, at: Instant) {
-        let conn = &mut self.conns[slot];
-        conn.deadline = Some(at);
-        self.deadlines.push(Reverse((at, slot, conn.generation)));
+        self.clear_deadline(slot);
+        self.conns[slot].deadline = Some(at);
+        self.deadlines.insert((at, slot));
+    }
+
+    pub(crate) fn clear_deadline(&mut self, slot: usize) {
+        if let Some(at) = self.conns[slot].deadline.take() {
+            let removed = self.deadlines.remove(&(at, slot));
+            assert!(
+                removed,
+                "a connection's deadline was missing from the deadline set"
+            );
+        }
+    }
+
+    /// Connections in the deadline set, for bound checks.
+    #[cfg(test)]
+    pub(crate) fn deadlines_len(&self) -> usize {
+        self.deadlines.len()
     }
 
     fn expire_deadlines(&mut self) {
-        while let Some(&Reverse((at, slot, generation))) = self.deadlines.peek() {
+        while let Some(&(at, slot)) = self.deadlines.first() {
             if at > self.now {
                 break;
             }
-            self.deadlines.pop();
-            let current = self
-                .conns
-                .get(slot)
-                .is_some_and(|c| c.generation == generation && c.deadline == Some(at));
-            if current {
-                self.conn_on_deadline(slot);
-            }
+            assert_eq!(
+                self.conns[slot].deadline,
+                Some(at),
+                "deadline set out of step"
+            );
+            self.clear_deadline(slot);
+            self.conn_on_deadline(slot);
         }
         if let Some(at) = self.shutdown_deadline {
             if self.now >= at {
@@ -911,9 +989,93 @@ impl<D: Driver> Worker<D> {
                 for slot in subscribed {
                     self.conn_unsubscribe(slot, CloseReason::Shutdown);
                 }
+                // Connections that sent their FIN before the shutdown (evicted, say) need the
+                // peer's FIN no more than the others do.
+                let waiting: Vec<usize> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| {
+                        c.write == WriteHalf::Ended
+                            && c.read == ReadHalf::Open
+                            && c.closing == Closing::No
+                    })
+                    .map(|(slot, _)| slot)
+                    .collect();
+                for slot in waiting {
+                    self.await_delivery(slot);
+                }
             }
             _ => {}
         }
+    }
+
+    /// True once every subscription has been dropped for shutdown.
+    pub(crate) fn shutting_down(&self) -> bool {
+        self.phase == Phase::Draining
+    }
+
+    /// At shutdown, a connection whose FIN is sent waits for its peer's acknowledgements.
+    pub(crate) fn await_delivery(&mut self, slot: usize) {
+        let generation = self.conns[slot].generation;
+        if self.awaiting_delivery.is_empty() {
+            self.next_delivery_check = self.now;
+        }
+        self.awaiting_delivery.push((slot, generation));
+    }
+
+    /// Closes every waiting connection whose peer has acknowledged all we sent and our FIN.
+    /// Polled (one ioctl per connection, every `DELIVERY_CHECK_INTERVAL`): no completion tells
+    /// when an acknowledgement arrives.
+    fn check_delivered(&mut self) {
+        if self.awaiting_delivery.is_empty() || self.now < self.next_delivery_check {
+            return;
+        }
+        self.next_delivery_check = self.now + DELIVERY_CHECK_INTERVAL;
+        let mut waiting = std::mem::take(&mut self.awaiting_delivery);
+        waiting.retain(|&(slot, generation)| {
+            let Some(conn) = self.conns.get(slot).filter(|c| c.generation == generation) else {
+                return false;
+            };
+            if conn.closing != Closing::No || conn.read != ReadHalf::Open {
+                return false;
+            }
+            match self.driver.unacked_bytes(conn.fd) {
+                Ok(0) => {
+                    self.conn_on_delivered(slot);
+                    false
+                }
+                Ok(_) => true,
+                // Not a connected socket any more (reset): the recv reports how it ended.
+                Err(_) => false,
+            }
+        });
+        waiting.append(&mut self.awaiting_delivery);
+        self.awaiting_delivery = waiting;
+    }
+
+    /// A send failed for want of kernel memory: mark it for sending again after a back-off.
+    pub(crate) fn retry_send_later(&mut self, slot: usize) {
+        self.send_backoff.push((slot, self.conns[slot].generation));
+        self.send_retry_at
+            .get_or_insert(self.now + SEND_RETRY_BACKOFF);
+    }
+
+    fn retry_backed_off_sends(&mut self) {
+        if self.send_retry_at.is_none_or(|at| self.now < at) {
+            return;
+        }
+        self.send_retry_at = None;
+        let mut backoff = std::mem::take(&mut self.send_backoff);
+        for (slot, generation) in backoff.drain(..) {
+            if self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.generation == generation)
+            {
+                self.mark_dirty(slot);
+            }
+        }
+        self.send_backoff = backoff;
     }
 
     // ---- errors ------------------------------------------------------------------------------
