@@ -24,6 +24,7 @@ use std::time::Duration;
 mod buf_ring;
 mod doorbell;
 mod epoll;
+pub mod errno;
 mod uring;
 mod user_data;
 

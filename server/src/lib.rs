@@ -4,6 +4,7 @@
 pub mod config;
 pub mod conn;
 pub mod hub;
+pub mod lifecycle;
 pub mod metrics;
 pub mod net;
 #[cfg(test)]

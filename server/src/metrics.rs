@@ -11,8 +11,8 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::conn::{CloseReason, Closing, Conn, ReadHalf, WriteHalf};
-use crate::stats::Stats;
+use crate::lifecycle::CloseReason;
+use crate::stats::{Census, Stats};
 
 /// How often a worker copies its counters into the recorder.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
@@ -255,7 +255,7 @@ impl WorkerMetrics {
     }
 
     /// Copies the worker's counters and a census of its connections into the recorder.
-    pub fn publish<'a>(&self, s: &Stats, conns: impl Iterator<Item = &'a Conn>) {
+    pub fn publish(&self, s: &Stats, census: &Census) {
         self.accepted.absolute(s.accepted);
         self.refused_limit.absolute(s.refused_limit);
         self.refused_emfile.absolute(s.refused_emfile);
@@ -277,27 +277,12 @@ impl WorkerMetrics {
         self.cq_overflow.absolute(s.driver.cq_overflow);
         self.protocol_errors.absolute(s.protocol_errors);
         self.unexpected.absolute(s.unexpected_errors);
-        let (mut open, mut closing, mut queued, mut largest) =
-            (0usize, [0usize; 3], 0usize, 0usize);
-        for c in conns {
-            open += 1;
-            queued += c.queue_bytes;
-            largest = largest.max(c.queue_bytes);
-            if c.closing != Closing::No {
-                continue;
-            }
-            match c.write {
-                WriteHalf::Draining => closing[0] += 1,
-                WriteHalf::ShutdownSent => closing[1] += 1,
-                WriteHalf::Ended if c.read == ReadHalf::Open => closing[2] += 1,
-                _ => {}
-            }
-        }
-        self.open.set(open as f64);
+        let closing = [census.draining, census.shutdown_sent, census.awaiting_fin];
+        self.open.set(census.open as f64);
         for (g, v) in self.closing.iter().zip(closing) {
             g.set(v as f64);
         }
-        self.queue_bytes.set(queued as f64);
-        self.queue_largest.set(largest as f64);
+        self.queue_bytes.set(census.queued_bytes as f64);
+        self.queue_largest.set(census.largest_queue_bytes as f64);
     }
 }

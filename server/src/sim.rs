@@ -67,8 +67,8 @@ use bytes::Bytes;
 use ring::{Completion, Doorbell, Driver, DriverStats, Op, UserData};
 
 use crate::config::Config;
-use crate::conn::{Closing, ReadHalf, WriteHalf};
 use crate::hub::Shared;
+use crate::lifecycle::{Closing, ReadHalf, WriteHalf};
 use crate::worker::Worker;
 
 /// First fake fd; worker `w` uses `FD_BASE + w * FD_STRIDE` upward.

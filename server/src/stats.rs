@@ -4,7 +4,7 @@ use std::fmt;
 
 use ring::DriverStats;
 
-use crate::conn::CloseReason;
+use crate::lifecycle::CloseReason;
 
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -48,6 +48,20 @@ pub struct Stats {
     pub send_retries: u64,
     pub unexpected_errors: u64,
     pub driver: DriverStats,
+}
+
+/// A worker's connections counted by state, for the metrics (which so need not know `Conn`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Connections held (accepted, not yet closed).
+    pub open: usize,
+    /// Not yet closing, by write half: draining, SHUT_WR sent, waiting for the peer's FIN.
+    pub draining: usize,
+    pub shutdown_sent: usize,
+    pub awaiting_fin: usize,
+    /// Bytes queued over all connections, and the largest single queue.
+    pub queued_bytes: usize,
+    pub largest_queue_bytes: usize,
 }
 
 /// Applies `$m!(name, ...)` to every scalar counter. `Stats::add` and `Display` also destructure

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use ring::{Completion, Doorbell, Driver, DriverStats, Op, UserData};
 
 use crate::config::Config;
-use crate::conn::{CloseReason, ReadHalf, WriteHalf};
 use crate::hub::Shared;
+use crate::lifecycle::{CloseReason, ReadHalf, WriteHalf};
 use crate::worker::Worker;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
