@@ -16,6 +16,10 @@ const BUFFER_GROUP: u16 = 0;
 /// The doorbell read is tagged with a slot no connection table can hand out.
 const DOORBELL_USER_DATA: UserData = UserData::new(u32::MAX, 0, Op::Doorbell);
 
+/// First and longest pause after the kernel refused a flush with EAGAIN (short of memory).
+const FLUSH_BACKOFF_MIN: Duration = Duration::from_micros(50);
+const FLUSH_BACKOFF_MAX: Duration = Duration::from_millis(5);
+
 #[derive(Clone, Copy, Debug)]
 pub struct RingConfig {
     /// Submission queue entries (rounded up to a power of two by the kernel).
@@ -218,7 +222,14 @@ pub struct Uring {
     reaped: Vec<Completion>,
     stats: DriverStats,
     overflow_seen: bool,
+    /// Called instead of a full queue's flush while it returns an errno: the errors the kernel
+    /// gives under memory pressure or overflow, which a test cannot otherwise cause.
+    #[cfg(test)]
+    flush_fault: Option<FlushFault>,
 }
+
+#[cfg(test)]
+type FlushFault = Box<dyn FnMut(&IoUring) -> Option<i32>>;
 
 impl Uring {
     pub fn new(config: &RingConfig) -> Result<Self, SetupError> {
@@ -242,6 +253,8 @@ impl Uring {
             reaped: Vec::new(),
             stats: DriverStats::default(),
             overflow_seen: false,
+            #[cfg(test)]
+            flush_fault: None,
         };
         uring.arm_doorbell();
         Ok(uring)
@@ -261,6 +274,7 @@ impl Uring {
 
     /// Queues one submission; a full queue is flushed to the kernel and the push retried.
     fn push(&mut self, entry: squeue::Entry) {
+        let mut backoff = FLUSH_BACKOFF_MIN;
         loop {
             // SAFETY: every entry built in this file points only at memory the caller has
             // promised (send_msg) or this struct owns (doorbell, buffer ring) until its final
@@ -269,15 +283,42 @@ impl Uring {
                 return;
             }
             self.stats.sq_full += 1;
-            match self.ring.submit() {
-                Ok(_) => {}
-                // EBUSY: the completion queue is overflowing and the kernel will not take more
-                // submissions until we reap. Reap into `reaped`, then retry.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => self.reap_into_buffer(),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => panic!("io_uring_enter failed while flushing a full queue: {e}"),
+            // io_uring_enter errno table while flushing a full queue. None of these is the
+            // caller's to handle: a full queue is flushed and retried, never an error.
+            // - EINTR: a signal before anything was submitted: retry at once.
+            // - EBUSY: the completion queue is overflowing and the kernel takes no more
+            //   submissions until we reap: reap into `reaped`, retry.
+            // - EAGAIN: the kernel could not allocate requests for a moment: reap (completions
+            //   free requests), back off briefly so the shortage can pass, retry.
+            // - anything else (EBADF, EFAULT, EINVAL, EEXIST from another thread) means this
+            //   ring is misused: a bug in this crate.
+            match self.flush() {
+                Ok(_) => backoff = FLUSH_BACKOFF_MIN,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EINTR) => self.stats.enter_retries += 1,
+                    Some(libc::EBUSY) => {
+                        self.stats.enter_retries += 1;
+                        self.reap_into_buffer();
+                    }
+                    Some(libc::EAGAIN) => {
+                        self.stats.enter_retries += 1;
+                        self.reap_into_buffer();
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(FLUSH_BACKOFF_MAX);
+                    }
+                    _ => panic!("io_uring_enter failed while flushing a full queue: {e}"),
+                },
             }
         }
+    }
+
+    /// Hands the queued submissions to the kernel (`push` on a full queue).
+    fn flush(&mut self) -> io::Result<usize> {
+        #[cfg(test)]
+        if let Some(errno) = self.flush_fault.as_mut().and_then(|f| f(&self.ring)) {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        self.ring.submit()
     }
 
     fn reap_into_buffer(&mut self) {
@@ -444,6 +485,73 @@ impl AsRawFd for Uring {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn uring_or_skip(sq_entries: u32) -> Option<Uring> {
+        let config = RingConfig {
+            sq_entries,
+            cq_entries: 64,
+            recv_buffers: 4,
+            recv_buffer_bytes: 64,
+        };
+        match Uring::new(&config) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                eprintln!("SKIP: io_uring unavailable: {e}");
+                None
+            }
+        }
+    }
+
+    /// A cancel of an operation that does not exist: completes at once with -ENOENT.
+    fn cancel_nothing(u: &mut Uring, i: u32) {
+        u.cancel(
+            UserData::new(1_000_000 + i, 0, Op::Recv),
+            UserData::new(i, 0, Op::Cancel),
+        );
+    }
+
+    /// Submits and gathers completions until `pred` holds or 5 s pass.
+    fn collect(u: &mut Uring, out: &mut Vec<Completion>, pred: impl Fn(&[Completion]) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            u.completions(out);
+            if pred(out) || std::time::Instant::now() > deadline {
+                return;
+            }
+            u.submit_and_wait(Duration::from_millis(20)).unwrap();
+        }
+    }
+
+    fn cancel_slots(out: &[Completion]) -> Vec<u32> {
+        let mut slots: Vec<u32> = out
+            .iter()
+            .filter(|c| c.user_data.op() == Some(Op::Cancel))
+            .map(|c| c.user_data.slot())
+            .collect();
+        slots.sort_unstable();
+        slots
+    }
+
+    #[test]
+    fn eagain_while_flushing_a_full_queue_is_retried() {
+        let Some(mut u) = uring_or_skip(4) else {
+            return;
+        };
+        u.submit().unwrap();
+        let mut faults = 3;
+        u.flush_fault = Some(Box::new(move |_| {
+            faults -= 1;
+            (faults >= 0).then_some(libc::EAGAIN)
+        }));
+        for i in 0..20 {
+            cancel_nothing(&mut u, i);
+        }
+        u.submit().unwrap();
+        let mut out = Vec::new();
+        collect(&mut u, &mut out, |c| cancel_slots(c).len() >= 20);
+        assert_eq!(cancel_slots(&out), (0..20).collect::<Vec<_>>(), "{out:?}");
+        assert!(u.stats().enter_retries >= 3, "{:?}", u.stats());
+    }
 
     #[test]
     fn kernel_version_parses() {
