@@ -196,6 +196,30 @@ fn build_ring(config: &RingConfig) -> Result<(IoUring, RingFeatures), SetupError
     Ok((ring, features))
 }
 
+/// Appends every posted completion to `out`, in order; true if the doorbell's read was among them
+/// (the caller re-arms it). Pushes nothing, so it cannot nest.
+fn drain_completions(ring: &mut IoUring, bufs: &mut BufRing, out: &mut Vec<Completion>) -> bool {
+    let mut doorbell_fired = false;
+    for cqe in ring.completion() {
+        let flags = cqe.flags();
+        let user_data = UserData::from_u64(cqe.user_data());
+        let buffer = cqueue::buffer_select(flags);
+        if buffer.is_some() {
+            bufs.taken();
+        }
+        if user_data == DOORBELL_USER_DATA {
+            doorbell_fired = true;
+        }
+        out.push(Completion {
+            user_data,
+            result: cqe.result(),
+            more: cqueue::more(flags),
+            buffer,
+        });
+    }
+    doorbell_fired
+}
+
 /// Checks that io_uring and every opcode and feature the server needs work here, by building a
 /// small ring the way workers do and registering a buffer ring on it.
 pub fn probe() -> Result<RingFeatures, SetupError> {
@@ -321,32 +345,20 @@ impl Uring {
         self.ring.submit()
     }
 
+    /// Reaps into `reaped`, returned first by the next `completions`.
     fn reap_into_buffer(&mut self) {
-        let mut out = std::mem::take(&mut self.reaped);
-        self.reap(&mut out);
-        self.reaped = out;
+        // Straight into `reaped`, not a copy put back afterwards: re-arming the doorbell pushes,
+        // a push into a full queue reaps again, and what that nested reap adds to `reaped` would
+        // be overwritten by the copy.
+        if drain_completions(&mut self.ring, &mut self.bufs, &mut self.reaped) {
+            self.arm_doorbell();
+        }
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {
-        let mut doorbell_fired = false;
-        for cqe in self.ring.completion() {
-            let flags = cqe.flags();
-            let user_data = UserData::from_u64(cqe.user_data());
-            let buffer = cqueue::buffer_select(flags);
-            if buffer.is_some() {
-                self.bufs.taken();
-            }
-            if user_data == DOORBELL_USER_DATA {
-                doorbell_fired = true;
-            }
-            out.push(Completion {
-                user_data,
-                result: cqe.result(),
-                more: cqueue::more(flags),
-                buffer,
-            });
-        }
-        if doorbell_fired {
+        // The doorbell is re-armed only once `out` holds this reap's completions: a reap nested
+        // in the re-arm's push goes to `reaped`, after them, as it came after them.
+        if drain_completions(&mut self.ring, &mut self.bufs, out) {
             self.arm_doorbell();
         }
     }
@@ -551,6 +563,68 @@ mod tests {
         collect(&mut u, &mut out, |c| cancel_slots(c).len() >= 20);
         assert_eq!(cancel_slots(&out), (0..20).collect::<Vec<_>>(), "{out:?}");
         assert!(u.stats().enter_retries >= 3, "{:?}", u.stats());
+    }
+
+    /// Runs the completion work the kernel deferred (DEFER_TASKRUN) without submitting.
+    fn run_deferred_work(ring: &IoUring) {
+        const IORING_ENTER_GETEVENTS: u32 = 1;
+        // SAFETY: no submissions and no argument: the kernel only posts ready completions.
+        unsafe {
+            ring.submitter()
+                .enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None)
+                .unwrap();
+        }
+    }
+
+    /// The doorbell's completion makes the reap of a full queue's flush re-arm it; that push
+    /// finds the queue still full and reaps again. What the inner reap takes (a recv) must be
+    /// delivered, after what the outer one took, and nothing twice.
+    #[test]
+    fn a_reap_nested_in_a_flush_loses_no_completion() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let Some(mut u) = uring_or_skip(4) else {
+            return;
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let recv = UserData::new(7, 0, Op::Recv);
+        u.recv_multi(server.as_raw_fd(), recv);
+        u.submit().unwrap();
+        // Four cancels fill the 4-entry queue; the fifth push flushes.
+        for i in 0..4 {
+            cancel_nothing(&mut u, i);
+        }
+        let doorbell = u.doorbell();
+        let mut calls = 0;
+        u.flush_fault = Some(Box::new(move |ring| {
+            calls += 1;
+            match calls {
+                // The outer reap finds the doorbell's completion, and re-arms it.
+                1 => doorbell.ring(),
+                // The re-arm's flush, nested: the inner reap finds the recv's.
+                2 => client.write_all(b"x").unwrap(),
+                _ => return None,
+            }
+            run_deferred_work(ring);
+            Some(libc::EAGAIN)
+        }));
+        cancel_nothing(&mut u, 4);
+        u.submit().unwrap();
+        let mut out = Vec::new();
+        let is_recv = |c: &Completion| c.user_data == recv && c.result == 1;
+        collect(&mut u, &mut out, |c| {
+            cancel_slots(c).len() >= 5 && c.iter().any(is_recv)
+        });
+        assert_eq!(cancel_slots(&out), [0, 1, 2, 3, 4], "{out:?}");
+        assert_eq!(out.iter().filter(|c| is_recv(c)).count(), 1, "{out:?}");
+        let doorbells = out.iter().filter(|c| c.user_data == DOORBELL_USER_DATA);
+        assert_eq!(doorbells.count(), 1, "{out:?}");
+        let doorbell_at = out.iter().position(|c| c.user_data == DOORBELL_USER_DATA);
+        let recv_at = out.iter().position(is_recv);
+        assert!(doorbell_at < recv_at, "reaped out of order: {out:?}");
+        assert_eq!(u.buffers_available(), 3);
     }
 
     #[test]
