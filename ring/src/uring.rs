@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -229,12 +230,13 @@ pub fn probe() -> Result<RingFeatures, SetupError> {
         recv_buffers: 2,
         recv_buffer_bytes: 64,
     };
-    Uring::new(&config).map(|u| u.features)
+    Uring::new(&config).map(|u| u.features.clone())
 }
 
 /// One io_uring, its provided-buffer ring and its doorbell. Build it on the thread that uses it.
 pub struct Uring {
-    ring: IoUring,
+    /// Dropped first, explicitly, by `Drop for Uring`: see there.
+    ring: ManuallyDrop<IoUring>,
     bufs: BufRing,
     doorbell: Doorbell,
     /// Where the armed doorbell read writes the eventfd counter. Leaked on purpose: the kernel
@@ -260,16 +262,19 @@ impl Uring {
         let (ring, features) = build_ring(config)?;
         let bufs = BufRing::new(config.recv_buffers, config.recv_buffer_bytes)
             .map_err(|e| SetupError::new("provided buffer ring allocation", e))?;
-        // SAFETY: the ring mapping lives in `bufs`, which lives as long as `ring` (fields drop
-        // ring first), and its entry count is what we register.
+        // Before the registration: from there on nothing may fail until `Uring` owns both, or
+        // the locals would drop `bufs` (declared later) before `ring`.
+        let doorbell = Doorbell::new().map_err(|e| SetupError::new("eventfd", e))?;
+        // SAFETY: the ring mapping lives in `bufs`, which outlives the registration: `Drop for
+        // Uring` tears the io_uring down before any field drops, so `bufs` is unmapped only after.
+        // The entry count is what we register.
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(bufs.ring_addr(), bufs.entries(), BUFFER_GROUP, 0)
                 .map_err(|e| SetupError::new("io_uring_register(PBUF_RING)", e))?;
         }
-        let doorbell = Doorbell::new().map_err(|e| SetupError::new("eventfd", e))?;
         let mut uring = Uring {
-            ring,
+            ring: ManuallyDrop::new(ring),
             bufs,
             doorbell,
             doorbell_buf: Box::leak(Box::new(0u64)),
@@ -485,6 +490,16 @@ impl Driver for Uring {
 
     fn stats(&self) -> DriverStats {
         self.stats
+    }
+}
+
+impl Drop for Uring {
+    fn drop(&mut self) {
+        // The io_uring goes first, before the fields drop: the kernel reads the provided-buffer
+        // ring's entries and writes into its buffers (`bufs`) until the ring is torn down. This
+        // does not rest on field order.
+        // SAFETY: `ring` is dropped exactly once, here, and never used after.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
     }
 }
 
