@@ -72,6 +72,12 @@ impl SetupError {
 
     /// The fix for this cause, in one sentence.
     pub fn advice(&self) -> &'static str {
+        if self.step == QUEUE_SIZE_CHECK {
+            // Also EINVAL, but the request's fault, not the kernel's age.
+            return "the kernel accepts 1 to 32768 submission entries (IORING_MAX_ENTRIES) and up \
+                    to 65536 completion entries, no fewer than the submission entries: lower \
+                    RINGFAN_RING_ENTRIES";
+        }
         match self.error.raw_os_error() {
             Some(libc::EPERM) => {
                 "io_uring is forbidden here: either the sysctl kernel.io_uring_disabled is 1 or 2 \
@@ -132,7 +138,30 @@ fn kernel_version(release: &str) -> Option<(u32, u32)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
+/// The step name of a `SetupError` for queue sizes io_uring_setup would refuse with EINVAL.
+const QUEUE_SIZE_CHECK: &str = "queue size check";
+/// io_uring_setup's limits (IORING_MAX_ENTRIES, IORING_MAX_CQ_ENTRIES) without IORING_SETUP_CLAMP.
+const SQ_ENTRIES_MAX: u32 = 32768;
+const CQ_ENTRIES_MAX: u32 = 2 * SQ_ENTRIES_MAX;
+
+/// Refuses the sizes io_uring_setup would, before asking it: its EINVAL would otherwise read as
+/// a kernel too old for the flags we ask for.
+fn check_queue_sizes(config: &RingConfig) -> Result<(), SetupError> {
+    let (sq, cq) = (config.sq_entries, config.cq_entries);
+    // The kernel rounds both up to powers of two, then requires cq >= sq.
+    let fits = (1..=SQ_ENTRIES_MAX).contains(&sq)
+        && (1..=CQ_ENTRIES_MAX).contains(&cq)
+        && cq.next_power_of_two() >= sq.next_power_of_two();
+    if fits {
+        return Ok(());
+    }
+    let mut e = SetupError::new(QUEUE_SIZE_CHECK, io::Error::from_raw_os_error(libc::EINVAL));
+    e.detail = format!("{sq} submission and {cq} completion entries requested");
+    Err(e)
+}
+
 fn build_ring(config: &RingConfig) -> Result<(IoUring, RingFeatures), SetupError> {
+    check_queue_sizes(config)?;
     let mut features = RingFeatures {
         kernel_release: kernel_release(),
         ..Default::default()
@@ -640,6 +669,29 @@ mod tests {
         let recv_at = out.iter().position(is_recv);
         assert!(doorbell_at < recv_at, "reaped out of order: {out:?}");
         assert_eq!(u.buffers_available(), 3);
+    }
+
+    #[test]
+    fn queue_sizes_beyond_the_kernel_limits_are_named_not_blamed_on_its_age() {
+        let sized = |sq_entries, cq_entries| RingConfig {
+            sq_entries,
+            cq_entries,
+            recv_buffers: 2,
+            recv_buffer_bytes: 64,
+        };
+        for (sq, cq) in [(32768, 131072), (65536, 65536), (64, 32), (0, 16)] {
+            let e = match Uring::new(&sized(sq, cq)) {
+                Ok(_) => panic!("sq {sq} cq {cq} accepted"),
+                Err(e) => e,
+            };
+            let text = e.to_string();
+            assert_eq!(e.step, QUEUE_SIZE_CHECK, "sq {sq} cq {cq}: {text}");
+            assert!(!text.contains("too old"), "{text}");
+            assert!(
+                text.contains("65536") && text.contains("RINGFAN_RING_ENTRIES"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
