@@ -203,6 +203,11 @@ impl BufPool {
             (id as usize) < self.held.len() && len <= self.buffer_bytes,
             "buffer {id}/{len} out of range"
         );
+        // As the provided-buffer ring: a buffer not held may be being filled by the next recv.
+        assert!(
+            self.held[id as usize],
+            "buffer {id} read but not held (already recycled, or never handed out)"
+        );
         let start = id as usize * self.buffer_bytes;
         &self.memory[start..start + len]
     }
@@ -807,6 +812,31 @@ mod tests {
         let id = p.take().unwrap();
         p.put(id);
         p.put(id);
+    }
+
+    #[test]
+    #[should_panic(expected = "buffer 1 recycled but not held")]
+    fn pool_refuses_to_recycle_a_buffer_never_handed_out() {
+        let mut p = BufPool::new(2, 16).unwrap();
+        p.take().unwrap();
+        p.put(1);
+    }
+
+    #[test]
+    #[should_panic(expected = "buffer 1 read but not held")]
+    fn pool_refuses_to_read_a_free_buffer() {
+        let mut p = BufPool::new(2, 16).unwrap();
+        p.take().unwrap();
+        p.buffer(1, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "buffer 0 read but not held")]
+    fn pool_refuses_to_read_a_recycled_buffer() {
+        let mut p = BufPool::new(2, 16).unwrap();
+        let id = p.take().unwrap();
+        p.put(id);
+        p.buffer(id, 1);
     }
 
     #[test]

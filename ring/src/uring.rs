@@ -234,8 +234,8 @@ fn drain_completions(ring: &mut IoUring, bufs: &mut BufRing, out: &mut Vec<Compl
         let flags = cqe.flags();
         let user_data = UserData::from_u64(cqe.user_data());
         let buffer = cqueue::buffer_select(flags);
-        if buffer.is_some() {
-            bufs.taken();
+        if let Some(id) = buffer {
+            bufs.taken(id);
         }
         if user_data == DOORBELL_USER_DATA {
             doorbell_fired = true;
