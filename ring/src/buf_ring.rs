@@ -51,8 +51,11 @@ pub(crate) struct BufRing {
     buffer_bytes: usize,
     /// Our copy of the tail; published to the kernel with a Release store.
     tail: u16,
-    /// Buffers the application holds (handed out by a completion, not yet recycled).
-    held: usize,
+    /// Bit `id` set while the application holds buffer `id`: handed out by a completion, not yet
+    /// recycled. The kernel owns every other buffer and may write it at any moment, so reading
+    /// one, or recycling it (which would let two receives share it), is refused.
+    held: Vec<u64>,
+    held_count: usize,
 }
 
 impl BufRing {
@@ -72,7 +75,8 @@ impl BufRing {
             entries,
             buffer_bytes,
             tail: 0,
-            held: entries as usize,
+            held: vec![0; (entries as usize).div_ceil(64)],
+            held_count: 0,
         };
         for id in 0..entries {
             br.push(id);
@@ -89,14 +93,38 @@ impl BufRing {
         self.entries
     }
 
+    fn is_held(&self, id: u16) -> bool {
+        self.held
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
+    }
+
+    fn set_held(&mut self, id: u16, held: bool) {
+        let (word, bit) = (&mut self.held[id as usize / 64], 1u64 << (id % 64));
+        if held {
+            *word |= bit;
+            self.held_count += 1;
+        } else {
+            *word &= !bit;
+            self.held_count -= 1;
+        }
+    }
+
+    /// The first `len` bytes of buffer `id`, which a completion handed out and which has not been
+    /// recycled since.
     pub(crate) fn buffer(&self, id: u16, len: usize) -> &[u8] {
         assert!(
             id < self.entries && len <= self.buffer_bytes,
             "buffer {id}/{len} out of range"
         );
+        assert!(
+            self.is_held(id),
+            "buffer {id} read but not held (already recycled, or never handed out): the kernel \
+             may be writing it"
+        );
         // SAFETY: the range is inside the buffers mapping (checked above); the kernel wrote it
-        // before posting the completion that handed us `id`, and will not write it again until
-        // we recycle it.
+        // before posting the completion that handed us `id` (held, checked above), and will not
+        // write it again until we recycle it.
         unsafe {
             std::slice::from_raw_parts(
                 self.buffers
@@ -108,20 +136,29 @@ impl BufRing {
         }
     }
 
-    pub(crate) fn taken(&mut self) {
-        self.held += 1;
-        debug_assert!(self.held <= self.entries as usize);
+    /// A completion handed buffer `id` to the application.
+    pub(crate) fn taken(&mut self, id: u16) {
+        assert!(
+            id < self.entries && !self.is_held(id),
+            "the kernel handed out buffer {id}, which is out of range or already held"
+        );
+        self.set_held(id, true);
     }
 
     /// Gives `id` back to the kernel.
     pub(crate) fn recycle(&mut self, id: u16) {
-        assert!(self.held > 0, "recycled more buffers than were handed out");
+        assert!(
+            self.is_held(id),
+            "buffer {id} recycled but not held (recycled twice, or never handed out): the kernel \
+             owns it"
+        );
+        self.set_held(id, false);
         self.push(id);
         self.publish();
     }
 
     pub(crate) fn available(&self) -> usize {
-        self.entries as usize - self.held
+        self.entries as usize - self.held_count
     }
 
     fn push(&mut self, id: u16) {
@@ -134,7 +171,6 @@ impl BufRing {
         entry.set_len(self.buffer_bytes as u32);
         entry.set_bid(id);
         self.tail = self.tail.wrapping_add(1);
-        self.held -= 1;
     }
 
     fn publish(&self) {
@@ -145,5 +181,62 @@ impl BufRing {
             let tail = BufRingEntry::tail(self.ring.ptr.as_ptr() as *const BufRingEntry);
             (*(tail as *const AtomicU16)).store(self.tail, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ring whose buffer 1 a completion handed out; 0, 2 and 3 are the kernel's.
+    fn one_held() -> BufRing {
+        let mut r = BufRing::new(4, 16).unwrap();
+        r.taken(1);
+        r
+    }
+
+    #[test]
+    fn held_buffers_are_read_and_recycled_once() {
+        let mut r = one_held();
+        assert_eq!(r.available(), 3);
+        assert_eq!(r.buffer(1, 16).len(), 16);
+        r.recycle(1);
+        assert_eq!(r.available(), 4);
+        r.taken(1);
+        r.recycle(1);
+    }
+
+    #[test]
+    #[should_panic(expected = "buffer 1 recycled but not held")]
+    fn recycling_twice_panics() {
+        let mut r = one_held();
+        r.recycle(1);
+        r.recycle(1);
+    }
+
+    #[test]
+    #[should_panic(expected = "buffer 2 recycled but not held")]
+    fn recycling_a_kernel_owned_buffer_panics() {
+        one_held().recycle(2);
+    }
+
+    #[test]
+    #[should_panic(expected = "buffer 0 read but not held")]
+    fn reading_a_kernel_owned_buffer_panics() {
+        one_held().buffer(0, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "buffer 1 read but not held")]
+    fn reading_a_recycled_buffer_panics() {
+        let mut r = one_held();
+        r.recycle(1);
+        r.buffer(1, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "already held")]
+    fn a_buffer_handed_out_twice_panics() {
+        one_held().taken(1);
     }
 }

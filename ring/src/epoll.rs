@@ -102,18 +102,6 @@ impl FdOps {
         }
     }
 
-    fn kind_of(&self, user_data: UserData) -> Option<Kind> {
-        KINDS.into_iter().find(|&k| self.get(k) == Some(user_data))
-    }
-
-    fn get(&self, kind: Kind) -> Option<UserData> {
-        match kind {
-            Kind::Accept => self.accept,
-            Kind::Recv => self.recv,
-            Kind::Send => self.send,
-        }
-    }
-
     fn wanted(&self) -> u32 {
         let mut events = 0;
         if self.accept.is_some() || self.recv.is_some() {
@@ -203,6 +191,11 @@ impl BufPool {
             (id as usize) < self.held.len() && len <= self.buffer_bytes,
             "buffer {id}/{len} out of range"
         );
+        // As the provided-buffer ring: a buffer not held may be being filled by the next recv.
+        assert!(
+            self.held[id as usize],
+            "buffer {id} read but not held (already recycled, or never handed out)"
+        );
         let start = id as usize * self.buffer_bytes;
         &self.memory[start..start + len]
     }
@@ -253,8 +246,9 @@ pub struct Epoll {
     pool: BufPool,
     /// Operations waiting for readiness, by fd. An fd is present exactly while it has one.
     fds: HashMap<RawFd, FdOps>,
-    /// Where each waiting operation is, for `cancel`. A hint: checked against `fds` on use.
-    armed: HashMap<UserData, RawFd>,
+    /// Where each waiting operation is: exactly the operations in `fds`, by user_data, so
+    /// `cancel` is one lookup however many wait.
+    armed: HashMap<UserData, (RawFd, Kind)>,
     queued: Vec<Sub>,
     ready: Vec<Completion>,
     events: Vec<libc::epoll_event>,
@@ -391,9 +385,13 @@ impl Epoll {
         }
     }
 
-    /// Registers a waiting operation. A second one of the same kind on the same fd is refused
-    /// with -EBUSY (the server never does that; io_uring would run both).
+    /// Registers a waiting operation. A second one of the same kind on the same fd, or one whose
+    /// user_data is already waiting, is refused with -EBUSY (the server never does either;
+    /// io_uring would run both, and cancel one of the two).
     fn arm(&mut self, fd: RawFd, kind: Kind, ud: UserData, msg: *const libc::msghdr) {
+        if self.armed.contains_key(&ud) {
+            return self.finish(ud, -libc::EBUSY);
+        }
         let ops = self.fds.entry(fd).or_insert_with(FdOps::new);
         let slot = ops.slot(kind);
         if slot.is_some() {
@@ -404,7 +402,7 @@ impl Epoll {
         if kind == Kind::Send {
             ops.send_msg = msg;
         }
-        self.armed.insert(ud, fd);
+        self.armed.insert(ud, (fd, kind));
         self.update_interest(fd);
     }
 
@@ -416,9 +414,8 @@ impl Epoll {
         if kind == Kind::Send {
             ops.send_msg = std::ptr::null();
         }
-        if self.armed.get(&ud) == Some(&fd) {
-            self.armed.remove(&ud);
-        }
+        let indexed = self.armed.remove(&ud);
+        debug_assert_eq!(indexed, Some((fd, kind)), "index out of step for {ud:?}");
         Some(ud)
     }
 
@@ -435,20 +432,10 @@ impl Epoll {
         n
     }
 
+    /// The waiting operation tagged `target`: one hash lookup, never a scan of every fd (cancels
+    /// of operations that already ended are common, and each would visit every connection).
     fn find(&self, target: UserData) -> Option<(RawFd, Kind)> {
-        let at = |fd: RawFd| {
-            self.fds
-                .get(&fd)
-                .and_then(|o| o.kind_of(target))
-                .map(|k| (fd, k))
-        };
-        if let Some(found) = self.armed.get(&target).and_then(|&fd| at(fd)) {
-            return Some(found);
-        }
-        // The hint misses only if the caller reused a user_data for two operations at once.
-        self.fds
-            .iter()
-            .find_map(|(&fd, o)| o.kind_of(target).map(|k| (fd, k)))
+        self.armed.get(&target).copied()
     }
 
     /// Brings the epoll registration of `fd` in line with what waits on it: added, modified, or
@@ -810,10 +797,79 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "buffer 1 recycled but not held")]
+    fn pool_refuses_to_recycle_a_buffer_never_handed_out() {
+        let mut p = BufPool::new(2, 16).unwrap();
+        p.take().unwrap();
+        p.put(1);
+    }
+
+    #[test]
+    #[should_panic(expected = "buffer 1 read but not held")]
+    fn pool_refuses_to_read_a_free_buffer() {
+        let mut p = BufPool::new(2, 16).unwrap();
+        p.take().unwrap();
+        p.buffer(1, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "buffer 0 read but not held")]
+    fn pool_refuses_to_read_a_recycled_buffer() {
+        let mut p = BufPool::new(2, 16).unwrap();
+        let id = p.take().unwrap();
+        p.put(id);
+        p.buffer(id, 1);
+    }
+
+    #[test]
     fn pool_limits_match_the_buffer_ring() {
         assert!(BufPool::new(3, 16).is_err());
         assert!(BufPool::new(4, 0).is_err());
         assert!(BufPool::new(1, 1).is_ok());
+    }
+
+    fn udp_socket() -> std::net::UdpSocket {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap()
+    }
+
+    /// Performs what is queued and returns the completions posted so far (no readiness waits).
+    fn perform(e: &mut Epoll) -> Vec<Completion> {
+        e.submit().unwrap();
+        let mut out = Vec::new();
+        e.completions(&mut out);
+        out
+    }
+
+    /// Cancel finds its target by user_data alone, so a user_data already waiting is refused
+    /// for a second operation (on another fd) instead of making the lookup ambiguous.
+    #[test]
+    fn a_user_data_already_waiting_is_refused_and_cancel_finds_the_first() {
+        let config = RingConfig {
+            sq_entries: 8,
+            cq_entries: 16,
+            recv_buffers: 2,
+            recv_buffer_bytes: 64,
+        };
+        let mut e = Epoll::new(&config).unwrap();
+        let (a, b) = (udp_socket(), udp_socket());
+        let ud = UserData::new(3, 0, Op::Recv);
+        e.recv_multi(a.as_raw_fd(), ud);
+        e.recv_multi(b.as_raw_fd(), ud);
+        let refused = Completion {
+            user_data: ud,
+            result: -libc::EBUSY,
+            more: false,
+            buffer: None,
+        };
+        assert_eq!(perform(&mut e), [refused]);
+        assert_eq!(e.fds.len(), 1, "the refused operation left a registration");
+        let cancel = UserData::new(3, 0, Op::Cancel);
+        e.cancel(ud, cancel);
+        let out = perform(&mut e);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!((out[0].user_data, out[0].result), (ud, -libc::ECANCELED));
+        assert_eq!((out[1].user_data, out[1].result), (cancel, 0));
+        assert!(e.fds.is_empty() && e.armed.is_empty());
     }
 
     #[test]

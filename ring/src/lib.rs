@@ -53,7 +53,8 @@ pub struct DriverStats {
     pub sq_full: u64,
     /// Times the kernel reported completion-queue overflow (multishots end then; callers re-arm).
     pub cq_overflow: u64,
-    /// Times a wait returned EINTR/EBUSY/EAGAIN and was retried.
+    /// Times a wait, or the flush of a full submission queue, returned EINTR/EBUSY/EAGAIN and
+    /// was retried.
     pub enter_retries: u64,
 }
 
@@ -99,10 +100,12 @@ pub trait Driver {
     /// and reported with [`Op::Doorbell`].
     fn completions(&mut self, out: &mut Vec<Completion>);
 
-    /// The first `len` bytes of provided buffer `id`.
+    /// The first `len` bytes of provided buffer `id`. Panics unless a completion handed `id` out
+    /// and it has not been recycled since: any other buffer may be being written by the kernel.
     fn buffer(&self, id: u16, len: usize) -> &[u8];
 
-    /// Hands buffer `id` back to the kernel.
+    /// Hands buffer `id` back to the kernel. Panics unless `id` is held (recycled twice, or never
+    /// handed out), since two receives would then share one buffer.
     fn recycle(&mut self, id: u16);
 
     /// Provided buffers currently owned by the kernel (available for receives).

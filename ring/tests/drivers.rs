@@ -104,6 +104,29 @@ fn set_int_opt(fd: RawFd, level: libc::c_int, name: libc::c_int, value: libc::c_
     assert_eq!(r, 0, "setsockopt: {}", std::io::Error::last_os_error());
 }
 
+/// Raises the soft open-file limit to at least `want`; false (and says why) if the hard limit
+/// does not allow it.
+fn raise_nofile_to(want: u64) -> bool {
+    // SAFETY: getrlimit/setrlimit read and write a live local.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur >= want {
+            return true;
+        }
+        if lim.rlim_max < want {
+            eprintln!(
+                "SKIP: the hard open-file limit {} is below {want}",
+                lim.rlim_max
+            );
+            return false;
+        }
+        lim.rlim_cur = want;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    true
+}
+
 /// A msghdr over `parts`; the caller keeps `parts` and the returned iovecs alive.
 fn msghdr(iov: &[libc::iovec]) -> libc::msghdr {
     // SAFETY: msghdr is plain data; zeroed is an empty header.
@@ -635,4 +658,82 @@ fn a_reused_fd_number_is_watched_afresh(mut u: impl Driver) {
     u.close(fd, close);
     assert_eq!(wait_final(&mut u, close, &mut others).result, 0);
     assert!(others.is_empty(), "{others:?}");
+}
+
+on_both_drivers!(
+    cancel_finds_one_operation_among_ten_thousand,
+    small(64, 256, 8, 64)
+);
+/// 10,000 multishot receives wait (one UDP socket each: one fd per operation); one is cancelled
+/// by user_data, then 1,000 cancels name operations that are not there. Only the target ends,
+/// the others still receive, and the missing ones get -ENOENT. (The epoll driver once scanned
+/// every fd for a target it could not find at once.)
+fn cancel_finds_one_operation_among_ten_thousand(mut u: impl Driver) {
+    const OPS: u32 = 10_000;
+    // One driver at a time: both at once would hold 20,000 fds.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !raise_nofile_to(OPS as u64 + 1000) {
+        return;
+    }
+    let sockets: Vec<std::net::UdpSocket> = (0..OPS)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let recv = |i: u32| UserData::new(i, 0, Op::Recv);
+    for (i, s) in sockets.iter().enumerate() {
+        u.recv_multi(s.as_raw_fd(), recv(i as u32));
+    }
+    u.submit().unwrap();
+    let target = 4321;
+    let cancel = UserData::new(target, 0, Op::Cancel);
+    u.cancel(recv(target), cancel);
+    let mut seen = Vec::new();
+    assert_eq!(
+        wait_final(&mut u, recv(target), &mut seen).result,
+        -libc::ECANCELED
+    );
+    assert_eq!(wait_final(&mut u, cancel, &mut seen).result, 0);
+    let started = Instant::now();
+    for i in 0..1000 {
+        u.cancel(
+            UserData::new(OPS + i, 0, Op::Recv),
+            UserData::new(OPS + i, 0, Op::Cancel),
+        );
+    }
+    let is_missing =
+        |c: &Completion| c.user_data.op() == Some(Op::Cancel) && c.user_data.slot() >= OPS;
+    assert!(collect(&mut u, &mut seen, |c| c
+        .iter()
+        .filter(|c| is_missing(c))
+        .count()
+        == 1000));
+    eprintln!(
+        "1000 cancels of missing operations among {OPS}: {:?}",
+        started.elapsed()
+    );
+    let missing: Vec<Completion> = seen.iter().copied().filter(is_missing).collect();
+    assert!(
+        missing.iter().all(|c| c.result == -libc::ENOENT),
+        "{missing:?}"
+    );
+    seen.retain(|c| !is_missing(c));
+    // A neighbour of the target still receives; the target does not.
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in [target, target + 1] {
+        probe
+            .send_to(b"ping", sockets[i as usize].local_addr().unwrap())
+            .unwrap();
+    }
+    assert!(collect(&mut u, &mut seen, |c| !c.is_empty()));
+    let c = seen[0];
+    assert_eq!(
+        (c.user_data, c.result, c.more),
+        (recv(target + 1), 4, true),
+        "{seen:?}"
+    );
+    u.recycle(c.buffer.unwrap());
+    assert!(
+        seen[1..].iter().all(|c| c.user_data != recv(target)),
+        "{seen:?}"
+    );
 }

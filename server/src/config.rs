@@ -385,14 +385,32 @@ impl Config {
             read_budget_bytes: size("RINGFAN_READ_BUDGET_BYTES", 65536, 1, 1 << 30)?,
             recv_buffers: recv_buffers as u16,
             recv_buffer_bytes: size("RINGFAN_RECV_BUFFER_BYTES", 16384, 64, 1 << 20)?,
-            ring_entries: int("RINGFAN_RING_ENTRIES", 4096, 8, 32768, "")? as u32,
+            ring_entries: int(
+                "RINGFAN_RING_ENTRIES",
+                4096,
+                8,
+                RING_ENTRIES_MAX.into(),
+                " (the completion queue is 4x that, at most the kernel's 65536)",
+            )? as u32,
             listen_backlog: int("RINGFAN_LISTEN_BACKLOG", 4096, 1, 65535, "")? as i32,
             log,
         })
     }
 }
 
+/// Completion entries per submission entry: multishot operations post many completions per
+/// submission, and an overflowing completion queue ends them.
+const CQ_ENTRIES_PER_SQ_ENTRY: u32 = 4;
+/// The kernel takes at most 65536 completion entries (IORING_MAX_CQ_ENTRIES); beyond, its EINVAL
+/// would read as a kernel without io_uring.
+const RING_ENTRIES_MAX: u32 = 65536 / CQ_ENTRIES_PER_SQ_ENTRY;
+
 impl Config {
+    /// Completion queue entries of each worker's ring.
+    pub fn cq_entries(&self) -> u32 {
+        self.ring_entries * CQ_ENTRIES_PER_SQ_ENTRY
+    }
+
     /// Input decoded per loop turn across all connections of a worker, and the backlog allowed
     /// in a worker's inbox. An eighth of the queue limit each, so a subscriber that drains its
     /// queue (local input + inbox, which may overshoot its cap by one turn's input) stays well

@@ -90,6 +90,8 @@ impl Shared {
             // The receiver lives as long as its worker; a send error means it already exited,
             // which only happens after shutdown has quiesced every publisher.
             let _ = m.tx.send(Arc::clone(batch));
+            // Release: the send above is visible to the owner's clear that reads this (see
+            // `drain`).
             if !m.notified.swap(true, Ordering::AcqRel) {
                 m.doorbell.ring();
             }
@@ -114,8 +116,20 @@ impl Shared {
     /// Moves every batch waiting for worker `me` into `out`, in order.
     pub fn drain(&self, me: usize, rx: &Receiver<Batch>, out: &mut Vec<Batch>) {
         let m = &self.mailboxes()[me];
-        // Clear before draining: a batch sent after our last try_recv then sees `false` and rings.
-        m.notified.store(false, Ordering::SeqCst);
+        // Clear, then drain; a publisher sends, then sets the flag and rings if it was clear.
+        // No batch can wait unseen while the owner sleeps. Every access to `notified` is a swap,
+        // so they form one order, each reading the one before it. Take a publisher whose swap
+        // read `true` and did not ring:
+        // - if this clear comes after that swap, it reads that swap's `true` or a later swap's
+        //   (a release sequence): as an Acquire it synchronises with the publisher's Release,
+        //   so the publisher's send happens before the try_recv below, which takes the batch;
+        // - if it comes before, the `true` the publisher read was written after this clear by
+        //   a publisher that read `false` and rang: the owner wakes and clears again, and the
+        //   same two cases apply to that clear.
+        // A plain store here could acquire nothing: the try_recv could miss a batch whose
+        // publisher had seen the flag still set (the classic lost wake-up). The eventfd keeps a
+        // ring made before the owner waits, so the ring itself cannot be lost.
+        m.notified.swap(false, Ordering::AcqRel);
         // Empty or disconnected (the senders live in `Shared`; only at exit) both end the drain.
         while let Ok(batch) = rx.try_recv() {
             let bytes: usize = batch.chunks.iter().map(|c| c.bytes.len()).sum();
@@ -139,5 +153,75 @@ impl Shared {
                 m.doorbell.ring();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Chunk;
+    use ring::{Driver, Epoll, RingConfig};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A publisher and a worker that waits on its doorbell and drains, as `Worker::run` does:
+    /// every batch arrives, in order, and the worker is never left waiting while one is queued.
+    #[test]
+    fn a_batch_published_during_a_drain_is_never_missed() {
+        const BATCHES: usize = 100_000;
+        let shared = Arc::new(Shared::new(2, usize::MAX, 0));
+        let (tx0, _rx0) = mpsc::channel();
+        let (tx1, rx1) = mpsc::channel();
+        let (bell_tx, bell_rx) = mpsc::channel();
+        let owner = std::thread::spawn({
+            let shared = Arc::clone(&shared);
+            move || {
+                let config = RingConfig {
+                    sq_entries: 8,
+                    cq_entries: 16,
+                    recv_buffers: 1,
+                    recv_buffer_bytes: 64,
+                };
+                let mut driver = Epoll::new(&config).unwrap();
+                bell_tx.send(driver.doorbell()).unwrap();
+                let (mut taken, mut batches, mut completions) = (0, Vec::new(), Vec::new());
+                while taken < BATCHES {
+                    // Publishing continues until the last batch: a 2 s silence is a lost ring.
+                    driver.submit_and_wait(Duration::from_secs(2)).unwrap();
+                    driver.completions(&mut completions);
+                    assert!(
+                        !completions.is_empty(),
+                        "no ring for 2 s after {taken} of {BATCHES} batches; one waiting: {}",
+                        rx1.try_recv().is_ok()
+                    );
+                    completions.clear();
+                    shared.drain(1, &rx1, &mut batches);
+                    for b in batches.drain(..) {
+                        assert_eq!(b.chunks[0].count, taken, "out of order");
+                        taken += 1;
+                    }
+                }
+                taken
+            }
+        });
+        let bell1 = bell_rx.recv().unwrap();
+        shared.set_mailboxes(vec![(tx0, Doorbell::new().unwrap()), (tx1, bell1)]);
+        for i in 0..BATCHES {
+            let chunk = Chunk {
+                bytes: Default::default(),
+                count: i,
+            };
+            let batch = Arc::new(BatchData {
+                chunks: vec![chunk],
+                at: Instant::now(),
+            });
+            shared.publish(0, &batch, 0);
+            // Uneven gaps, so that publishes land on every point of the owner's clear and drain,
+            // not only on long drains.
+            for _ in 0..(i * 7919) % 512 {
+                std::hint::spin_loop();
+            }
+        }
+        assert_eq!(owner.join().unwrap(), BATCHES);
     }
 }

@@ -161,7 +161,7 @@ fn serve(cfg: Config) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     let ring_config = RingConfig {
         sq_entries: cfg.ring_entries,
-        cq_entries: cfg.ring_entries.saturating_mul(4),
+        cq_entries: cfg.cq_entries(),
         recv_buffers: cfg.recv_buffers,
         recv_buffer_bytes: cfg.recv_buffer_bytes,
     };

@@ -185,19 +185,55 @@ pub fn tune_accepted(
     Ok(())
 }
 
-/// Refuses an accepted connection: one line (best effort, it always fits an empty send buffer),
-/// then close, which sends FIN after it. Takes ownership of `fd`.
+/// Most bytes a refusal discards from what the peer sent before it: more than any request a
+/// client writes before reading, and cheap, since discarding copies nothing.
+const REFUSAL_DISCARD_BYTES_MAX: usize = 1 << 20;
+
+/// Refuses an accepted connection with one line and a FIN, never a reset, and never blocks.
+/// Takes ownership of `fd`.
 pub fn refuse(fd: RawFd, line: &[u8]) {
-    // SAFETY: `fd` is an accepted socket we own; the buffer is live for the call; close ends our
-    // ownership and nothing else refers to the fd.
+    // SAFETY: `fd` is an accepted socket we own; the buffer is live for the call.
     unsafe {
+        // Best effort: the line always fits an empty send buffer.
         libc::send(
             fd,
             line.as_ptr().cast(),
             line.len(),
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         );
-        libc::close(fd);
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+    // close() with unread bytes in the receive queue sends a reset instead of the FIN (RFC 2525),
+    // and a peer that wrote before reading would get ECONNRESET instead of the line. Bytes that
+    // arrive after the close still get one: a peer that goes on sending after being refused
+    // cannot be waited for without holding the slot the server does not have.
+    discard_unread(fd, REFUSAL_DISCARD_BYTES_MAX);
+    // SAFETY: ends our ownership; nothing else refers to the fd.
+    unsafe { libc::close(fd) };
+}
+
+/// Drops up to `bytes_max` bytes queued on TCP socket `fd`, without waiting for more.
+fn discard_unread(fd: RawFd, bytes_max: usize) {
+    let mut left = bytes_max;
+    while left > 0 {
+        // SAFETY: with MSG_TRUNC, TCP discards up to `left` bytes and copies nothing, so no
+        // buffer is written (man 7 tcp); MSG_DONTWAIT keeps a blocking socket from blocking.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                std::ptr::null_mut(),
+                left,
+                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            )
+        };
+        // recv errno table: EINTR, retry; EAGAIN, nothing more queued; 0, the peer's FIN;
+        // anything else (ECONNRESET...): the connection is gone, nothing left to protect.
+        match n {
+            1.. => left -= (n as usize).min(left),
+            0 => return,
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return,
+        }
     }
 }
 

@@ -85,6 +85,27 @@ rejected!(
     "lots"
 );
 
+/// 32768 submission entries are within the kernel's limit, but the completion queue (4x) would be
+/// 131072, twice the kernel's: refused by the configuration with the accepted range, not reported
+/// as a kernel too old for io_uring (nor silently served by the epoll fallback).
+#[test]
+fn ring_entries_beyond_the_completion_queue_limit_exits_2_with_the_range() {
+    if !require_io_uring() {
+        return;
+    }
+    assert_rejected("RINGFAN_RING_ENTRIES", "32768");
+    let out = run_ringfan(
+        &[],
+        &[("RINGFAN_RING_ENTRIES", "32768")],
+        Duration::from_secs(5),
+    );
+    assert!(
+        out.stderr.contains("from 8 to 16384") && !out.stderr.contains("too old"),
+        "stderr does not give the accepted range: {}",
+        out.stderr
+    );
+}
+
 #[test]
 fn help_lists_every_variable_with_defaults() {
     if !require_io_uring() {

@@ -79,6 +79,37 @@ fn connection_limit_refuses_at_once_then_serves_again() {
     served_again_after(held, &server, "after the 100 left");
 }
 
+/// A client over the limit that sent 10 KB before the server got to it still reads the refusal
+/// line and then EOF: closing a socket with unread bytes would send a reset instead of the FIN.
+#[test]
+fn refused_client_that_already_sent_data_gets_the_line_then_eof_not_a_reset() {
+    if !require_io_uring() {
+        return;
+    }
+    let _g = serial();
+    let server = Server::start(&[("RINGFAN_MAX_CONNECTIONS", "1")]);
+    let mut held = connect_n(server.addr(), 1);
+    sync_clients(&mut held, 0);
+    // Stopped, the server accepts nothing: the kernel completes the handshake and queues the
+    // bytes on the server's side, so the refusal finds them there unread.
+    server.signal(libc::SIGSTOP);
+    let mut c = Client::connect(server.addr());
+    c.stream.write_all(&[b'x'; 10 * 1024]).unwrap();
+    let port = c.local_port();
+    let queued = || {
+        tcp_rows()
+            .iter()
+            .any(|r| r.local_port == server.port() && r.remote_port == port && r.rx_queue == 10240)
+    };
+    let seen = wait_until(secs(2), queued);
+    server.signal(libc::SIGCONT);
+    assert!(seen, "the server's side never held the 10 KB unread");
+    let data = c.expect_clean_eof(secs(2), "refused after sending 10 KB");
+    assert_eq!(data, FULL, "got {}", show(&data));
+    server.assert_clean(1, Duration::from_secs(2), "1 held, 1 refused");
+    served_again_after(held, &server, "after the held one left");
+}
+
 #[test]
 fn out_of_fds_refuses_waiting_connections_without_spinning() {
     if !require_io_uring() {
