@@ -20,9 +20,8 @@ impl Doorbell {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
-        Ok(Doorbell {
-            fd: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Doorbell { fd: Arc::new(fd) })
     }
 
     pub fn ring(&self) {

@@ -83,8 +83,10 @@ pub trait Driver {
     /// Cancels every operation in flight on `fd`; each then posts its final completion.
     ///
     /// io_uring finds the targets by walking every armed poll of the ring: with thousands of
-    /// connections closing at once that is quadratic. Where the caller knows what it has in
-    /// flight, [`Driver::cancel`] each by its user_data (a hash lookup) instead.
+    /// connections closing at once that is quadratic. The server therefore cancels each
+    /// operation by its user_data ([`Driver::cancel`], a hash lookup). This stays for callers
+    /// that do not track what they have in flight, and the driver tests use it to check that
+    /// both drivers end every operation on an fd the same way.
     fn cancel_fd(&mut self, fd: RawFd, user_data: UserData);
 
     /// Cancels the operation tagged `target`.

@@ -107,8 +107,10 @@ pub fn require_io_uring() -> bool {
 fn raw_io_uring_setup_works() -> bool {
     // struct io_uring_params is 120 bytes; all zero means "defaults".
     let mut params = [0u32; 30];
+    // SAFETY: io_uring_setup reads and writes the 120-byte params array, a live local.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
     if fd >= 0 {
+        // SAFETY: `fd` was just returned to us and nothing else uses it.
         unsafe { libc::close(fd as i32) };
         true
     } else {
@@ -169,6 +171,8 @@ pub fn ringfan_command_nofile(args: &[&str], env: &[(&str, &str)], nofile: Optio
         cmd.env(k, v);
     }
     cmd.stdin(Stdio::null());
+    // SAFETY: the pre_exec closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, setrlimit) on locals.
     unsafe {
         cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -375,6 +379,7 @@ impl Server {
     }
 
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill takes plain integers; the pid is our own child's.
         let r = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
         assert_eq!(
             r,
@@ -689,6 +694,7 @@ pub fn wait_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Raises this process's soft RLIMIT_NOFILE to the hard limit.
 pub fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit read and write a live local rlimit.
     unsafe {
         let mut rl = libc::rlimit {
             rlim_cur: 0,
@@ -721,6 +727,7 @@ pub fn set_linger_zero(s: &TcpStream) {
         l_onoff: 1,
         l_linger: 0,
     };
+    // SAFETY: setsockopt reads `l`, a live local of the size passed, on a socket we hold.
     let r = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),
