@@ -144,7 +144,7 @@ fn listening_line_is_the_only_stdout_output_and_threads_1_works() {
     if !require_io_uring() {
         return;
     }
-    let mut server = Server::start(&[("RINGFAN_THREADS", "1")]);
+    let mut server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_THREADS", "1")]);
     let mut clients = connect_n(server.addr(), 2);
     sync_clients(&mut clients, 1);
     close_all_gracefully(clients, "threads=1");

@@ -58,6 +58,7 @@ fn scraped_counters_match_the_scenario() {
         return;
     }
     let server = Server::start(&[
+        ("RINGFAN_ECHO", "1"),
         ("RINGFAN_METRICS_LISTEN", "127.0.0.1:0"),
         ("RINGFAN_SEND_QUEUE_BYTES_MAX", "262144"),
         ("RINGFAN_CLOSE_TIMEOUT_MS", "500"),
