@@ -134,9 +134,13 @@ pub fn help() -> String {
          --check  probe io_uring and exit 0 if the server can run here\n\n\
          Configuration (environment variables; sizes accept a KiB/MiB/GiB suffix):\n",
     );
+    // Column widths come from the longest entries, so a longer name or default added to VARS
+    // cannot push its description out of line.
+    let name_width = VARS.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let default_width = VARS.iter().map(|v| v.default.len()).max().unwrap_or(0);
     for v in VARS {
         s.push_str(&format!(
-            "  {:<30} default {:<16} {}\n",
+            "  {:<name_width$}  default {:<default_width$}  {}\n",
             v.name, v.default, v.help
         ));
     }
