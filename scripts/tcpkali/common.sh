@@ -16,8 +16,10 @@ require_tcpkali() {
     cat >&2 <<MSG
 tcpkali is not installed. It is not packaged for Debian 12; build it from source:
 
-    apt-get install -y autoconf automake libtool bison flex build-essential
-    # in a checkout of the tcpkali sources:
+    apt-get install -y git build-essential autoconf automake libtool bison flex libssl-dev libncurses-dev
+    git clone https://github.com/satori-com/tcpkali && cd tcpkali
+    # glibc 2.32+ (Debian 12) has no <sys/sysctl.h>; on Linux tcpkali reads /proc/sys instead.
+    sed -i '/sys\/sysctl.h/d' src/tcpkali_syslimits.c
     autoreconf -iv && ./configure && make && make install
 
 Or run the equivalent ringfan-load command (same measurement, from this repository):

@@ -138,7 +138,7 @@ const VARS: &[Var] = &[
     Var { name: "RINGFAN_LISTEN", default: "127.0.0.1:7000", help: "address:port to accept connections on (port 0 picks a free port)" },
     Var { name: "RINGFAN_THREADS", default: "available cores", help: "worker threads, one io_uring each" },
     Var { name: "RINGFAN_PIN", default: "1", help: "pin each worker to its own core (0 or 1)" },
-    Var { name: "RINGFAN_ECHO", default: "1", help: "deliver a publisher's lines to itself too (0 or 1)" },
+    Var { name: "RINGFAN_ECHO", default: "0", help: "deliver a publisher's lines to itself too (0 or 1; chat-style clients set 1)" },
     Var { name: "RINGFAN_MAX_FRAME_BYTES", default: "65536", help: "longest accepted line, newline included; longer is a protocol error" },
     Var { name: "RINGFAN_SEND_QUEUE_BYTES_MAX", default: "4194304", help: "bytes queued for one subscriber before it is evicted as too slow" },
     Var { name: "RINGFAN_CLOSE_TIMEOUT_MS", default: "5000", help: "time a closing connection gets to flush and send its FIN before an abortive close (RST)" },
@@ -171,9 +171,13 @@ pub fn help() -> String {
          --check  probe io_uring and exit 0 if the server can run here\n\n\
          Configuration (environment variables; sizes accept a KiB/MiB/GiB suffix):\n",
     );
+    // Column widths come from the longest entries, so a longer name or default added to VARS
+    // cannot push its description out of line.
+    let name_width = VARS.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let default_width = VARS.iter().map(|v| v.default.len()).max().unwrap_or(0);
     for v in VARS {
         s.push_str(&format!(
-            "  {:<30} default {:<16} {}\n",
+            "  {:<name_width$}  default {:<default_width$}  {}\n",
             v.name, v.default, v.help
         ));
     }
@@ -365,7 +369,9 @@ impl Config {
             driver,
             threads: int("RINGFAN_THREADS", cores as u64, 1, 1024, "")? as usize,
             pin: flag("RINGFAN_PIN", true)?,
-            echo: flag("RINGFAN_ECHO", true)?,
+            // Off by default: with echo, a client that only publishes and never reads fills its
+            // own queue with its own lines and is evicted as a slow consumer.
+            echo: flag("RINGFAN_ECHO", false)?,
             max_frame_bytes: size("RINGFAN_MAX_FRAME_BYTES", 65536, 2, 1 << 30)?,
             send_queue_bytes_max: size("RINGFAN_SEND_QUEUE_BYTES_MAX", 4 << 20, 1, 1 << 40)?,
             close_timeout: Duration::from_millis(int(
@@ -502,7 +508,7 @@ mod tests {
         assert_eq!(c.send_queue_bytes_max, 4 << 20);
         assert_eq!(c.close_timeout, Duration::from_secs(5));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
-        assert!(c.echo && c.pin);
+        assert!(!c.echo && c.pin);
     }
 
     #[test]

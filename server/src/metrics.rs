@@ -2,11 +2,14 @@
 //!
 //! Workers keep plain integers ([`Stats`]) on the hot path and copy them into the `metrics`
 //! recorder every [`PUBLISH_INTERVAL`]; the recorder renders text for `/metrics`, served by one
-//! small thread. Only the sampled fan-out latency goes straight to the recorder.
+//! accepting thread and a short-lived thread per scrape, each bounded by [`SCRAPE_DEADLINE`].
+//! Only the sampled fan-out latency goes straight to the recorder.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -44,27 +47,70 @@ pub fn install(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     Ok(bound)
 }
 
+/// Time one scrape connection gets for reading its request and writing the response, in total.
+/// A client that stalls, or trickles its request a byte at a time, is closed when it runs out.
+pub const SCRAPE_DEADLINE: Duration = Duration::from_secs(5);
+/// Scrape connections served at once; one more is closed at once (and logged, rate-limited).
+pub const SCRAPES_MAX: usize = 16;
+/// Longest request read; the rest of a longer one is ignored.
+const REQUEST_BYTES_MAX: usize = 8192;
+
+/// Accepts scrapes, each on its own short-lived thread: a slow or stalled client holds only its
+/// own thread, for at most [`SCRAPE_DEADLINE`], never the other scrapers.
 fn serve(listener: TcpListener, handle: PrometheusHandle) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut refused = 0u64;
     for stream in listener.incoming() {
-        match stream {
-            Ok(s) => {
-                // One scrape at a time is plenty; a stuck client is cut off by the timeouts.
-                let _ = respond(s, &handle);
-            }
+        let s = match stream {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!("metrics listener: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
+        };
+        let deadline = Instant::now() + SCRAPE_DEADLINE;
+        if active.fetch_add(1, Ordering::AcqRel) >= SCRAPES_MAX {
+            active.fetch_sub(1, Ordering::AcqRel);
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    "metrics listener: {SCRAPES_MAX} scrapes already in progress, connection \
+                     closed (total={refused})"
+                );
+            }
+            continue; // dropped: closed
+        }
+        let (this_handle, this_active) = (handle.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("ringfan-scrape".into())
+            .spawn(move || {
+                let _ = respond(s, &this_handle, deadline);
+                this_active.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            // The closure (and the connection with it) was dropped unrun.
+            active.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("metrics listener: cannot start a scrape thread: {e}");
         }
     }
 }
 
-fn respond(mut s: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+/// Time left before `deadline`, as a socket timeout; `TimedOut` once it has passed (a zero
+/// timeout would mean "block forever" to set_read_timeout).
+fn left(deadline: Instant) -> std::io::Result<Option<Duration>> {
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(d) if !d.is_zero() => Ok(Some(d)),
+        _ => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+fn respond(mut s: TcpStream, handle: &PrometheusHandle, deadline: Instant) -> std::io::Result<()> {
     let mut req = Vec::with_capacity(512);
     let mut buf = [0u8; 512];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < REQUEST_BYTES_MAX {
+        // Each read may wait only for what is left of the whole request's time.
+        s.set_read_timeout(left(deadline)?)?;
         let n = s.read(&mut buf)?;
         if n == 0 {
             break;
@@ -85,12 +131,21 @@ fn respond(mut s: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
     } else {
         ("404 Not Found", "metrics are at /metrics\n".to_string())
     };
-    write!(
-        s,
+    let response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )?;
-    s.flush()
+    );
+    // Written piecewise, not with write_all, so a reader that drains slowly is held to the same
+    // deadline (SO_SNDTIMEO bounds each write, not their sum).
+    let mut out = response.as_bytes();
+    while !out.is_empty() {
+        s.set_write_timeout(left(deadline)?)?;
+        match s.write(out)? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => out = &out[n..],
+        }
+    }
+    Ok(())
 }
 
 fn describe() {

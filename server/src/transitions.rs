@@ -204,7 +204,7 @@ impl Harness {
 
 #[test]
 fn peer_fin_first_flushes_its_own_line_then_shuts_then_closes() {
-    let mut h = Harness::new(&[]);
+    let mut h = Harness::new(&[("RINGFAN_ECHO", "1")]);
     let recv = h.accept(FD);
     h.data(recv, b"bye\n");
     h.complete(recv, 0, false); // FIN right behind the line
@@ -250,7 +250,7 @@ fn peer_fin_first_flushes_its_own_line_then_shuts_then_closes() {
 
 #[test]
 fn server_first_close_keeps_reading_until_fin() {
-    let mut h = Harness::new(&[("RINGFAN_MAX_FRAME_BYTES", "8")]);
+    let mut h = Harness::new(&[("RINGFAN_ECHO", "1"), ("RINGFAN_MAX_FRAME_BYTES", "8")]);
     let recv = h.accept(FD);
     h.data(recv, b"ok\nthis line is too long\n");
     h.turn();
@@ -358,7 +358,7 @@ fn late_completion_for_a_reused_slot_is_dropped() {
 
 #[test]
 fn short_send_is_resumed_then_reset_on_send_aborts_after_cancel() {
-    let mut h = Harness::new(&[]);
+    let mut h = Harness::new(&[("RINGFAN_ECHO", "1")]);
     let recv = h.accept(FD);
     h.data(recv, b"aaaa\nbbbb\n");
     h.turn();
@@ -395,7 +395,7 @@ fn short_send_is_resumed_then_reset_on_send_aborts_after_cancel() {
 /// survived a completed cancel is cancelled again.
 #[test]
 fn retry_deadline_waits_for_a_pending_cancel_and_recancels_a_survivor() {
-    let mut h = Harness::new(&[]);
+    let mut h = Harness::new(&[("RINGFAN_ECHO", "1")]);
     let recv = h.accept(FD);
     h.data(recv, b"aaaa\n");
     h.turn();
@@ -437,7 +437,10 @@ fn retry_deadline_waits_for_a_pending_cancel_and_recancels_a_survivor() {
 
 #[test]
 fn slow_subscriber_is_evicted_and_its_queue_still_flushed() {
-    let mut h = Harness::new(&[("RINGFAN_SEND_QUEUE_BYTES_MAX", "16")]);
+    let mut h = Harness::new(&[
+        ("RINGFAN_ECHO", "1"),
+        ("RINGFAN_SEND_QUEUE_BYTES_MAX", "16"),
+    ]);
     let slow = h.accept(FD);
     let publisher = h.accept(FD + 1);
     h.data(publisher, b"0123456789\n");

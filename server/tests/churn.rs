@@ -98,7 +98,11 @@ fn churn_5000_connections_while_sentinels_receive_everything() {
     }
     let _g = serial();
     raise_nofile();
-    let server = Server::start(&[("RINGFAN_THREADS", "2"), ("RINGFAN_LOG", "warn")]);
+    let server = Server::start(&[
+        ("RINGFAN_ECHO", "1"),
+        ("RINGFAN_THREADS", "2"),
+        ("RINGFAN_LOG", "warn"),
+    ]);
     let addr = server.addr();
     let mut clients = connect_n(addr, 3);
     sync_clients(&mut clients, 0);

@@ -27,7 +27,7 @@ struct FloodSetup {
 
 fn flood_setup(n: usize) -> FloodSetup {
     raise_nofile();
-    let server = Server::start(&[]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1")]);
     let mut clients = connect_n(server.addr(), n + 1);
     sync_clients(&mut clients, 0);
     let publisher = clients.remove(0);
@@ -240,7 +240,7 @@ fn half_close_delivers_everything_sent_before_fin_then_eof() {
         return;
     }
     let _g = serial();
-    let server = Server::start(&[("RINGFAN_THREADS", "1")]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_THREADS", "1")]);
     let mut clients = connect_n(server.addr(), 2);
     sync_clients(&mut clients, 1);
     let mut b = clients.pop().unwrap();
@@ -313,7 +313,7 @@ fn line_sent_right_before_fin_is_echoed_to_its_sender() {
         return;
     }
     let _g = serial();
-    let server = Server::start(&[]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1")]);
     let mut clients = connect_n(server.addr(), 2);
     sync_clients(&mut clients, 1);
     clients[0].send(b"last words\n");
@@ -428,7 +428,10 @@ fn slow_subscriber_is_evicted_with_flush_and_fin() {
     // 2 MiB: small enough to overflow quickly, large enough that the two reading clients (which
     // keep up with the paced publisher) have ~100 ms of slack for scheduling hiccups.
     const LIMIT: usize = 2 << 20;
-    let server = Server::start(&[("RINGFAN_SEND_QUEUE_BYTES_MAX", "2097152")]);
+    let server = Server::start(&[
+        ("RINGFAN_ECHO", "1"),
+        ("RINGFAN_SEND_QUEUE_BYTES_MAX", "2097152"),
+    ]);
     let mut clients = connect_n(server.addr(), 3);
     sync_clients(&mut clients, 0);
     let mut slow = clients.pop().unwrap();

@@ -138,12 +138,69 @@ fn help_lists_every_variable_with_defaults() {
     );
 }
 
+/// Every variable row of `--help` ("  NAME  default DEFAULT  description") has its `default`
+/// and its description at the same column as every other row, however long the name or the
+/// default (defaults may hold single spaces; two or more end the default column).
+#[test]
+fn help_rows_align_their_descriptions() {
+    if !require_io_uring() {
+        return;
+    }
+    let out = run_ringfan(&["--help"], &[], Duration::from_secs(5));
+    assert!(
+        out.status.is_some_and(|s| s.success()),
+        "--help: {:?}; stderr: {}",
+        out.status,
+        out.stderr
+    );
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  RINGFAN_"))
+        .collect();
+    for v in VARS {
+        assert!(
+            rows.iter().any(|r| r[2..].starts_with(&format!("{v} "))),
+            "no --help row for {v}:\n{}",
+            out.stdout
+        );
+    }
+    // (row, column of "default", column of the description)
+    let columns: Vec<(&str, Option<usize>, Option<usize>)> = rows
+        .iter()
+        .map(|row| {
+            let default_col = row.find(" default ").map(|i| i + 1);
+            let desc_col = default_col.and_then(|d| {
+                let after = d + "default ".len();
+                row[after..].find("  ").map(|gap| {
+                    let start = after + gap;
+                    start + row[start..].len() - row[start..].trim_start().len()
+                })
+            });
+            (*row, default_col, desc_col)
+        })
+        .collect();
+    let (_, default_col, desc_col) = columns[0];
+    let misaligned: Vec<String> = columns
+        .iter()
+        .filter(|(_, d, c)| d.is_none() || c.is_none() || *d != default_col || *c != desc_col)
+        .map(|(row, d, c)| format!("default at {d:?}, description at {c:?}: {row}"))
+        .collect();
+    assert!(
+        misaligned.is_empty(),
+        "rows not aligned with the first (default at {default_col:?}, description at \
+         {desc_col:?}):\n{}\n--help:\n{}",
+        misaligned.join("\n"),
+        out.stdout
+    );
+}
+
 #[test]
 fn unknown_ringfan_variable_warns_and_server_starts() {
     if !require_io_uring() {
         return;
     }
-    let server = Server::start(&[("RINGFAN_FOO", "1")]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_FOO", "1")]);
     assert!(
         wait_until(secs(3), || server.stderr_contains("RINGFAN_FOO")),
         "no stderr line mentions RINGFAN_FOO; stderr:\n{}",
@@ -165,7 +222,7 @@ fn listening_line_is_the_only_stdout_output_and_threads_1_works() {
     if !require_io_uring() {
         return;
     }
-    let mut server = Server::start(&[("RINGFAN_THREADS", "1")]);
+    let mut server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_THREADS", "1")]);
     let mut clients = connect_n(server.addr(), 2);
     sync_clients(&mut clients, 1);
     close_all_gracefully(clients, "threads=1");

@@ -46,7 +46,11 @@ fn auto_falls_back_to_epoll_with_one_warning_and_io_uring_alone_refuses() {
         Duration::from_secs(10),
     );
     // ...and auto starts on epoll.
-    let server = Server::start(&[("RINGFAN_DRIVER", "auto"), ("RINGFAN_THREADS", "2")]);
+    let server = Server::start(&[
+        ("RINGFAN_ECHO", "1"),
+        ("RINGFAN_DRIVER", "auto"),
+        ("RINGFAN_THREADS", "2"),
+    ]);
     drop(guard);
 
     assert_eq!(

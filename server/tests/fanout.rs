@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ fn sixteen_clients_two_workers_byte_exact_and_ordered() {
     }
     let _g = serial();
     raise_nofile();
-    let server = Server::start(&[("RINGFAN_THREADS", "2")]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_THREADS", "2")]);
     let mut clients = connect_n(server.addr(), CLIENTS);
     sync_clients(&mut clients, 0);
 
@@ -201,4 +201,85 @@ fn echo_disabled_sender_does_not_receive_its_own_lines() {
     );
     close_all_gracefully(clients, "echo=0");
     server.assert_clean(0, Duration::from_secs(5), "after all clients closed");
+}
+
+/// With the default echo (off), a client that only publishes and never reads has nothing queued
+/// for it, so it is not evicted as a slow consumer of its own lines: it sends ten times
+/// `RINGFAN_SEND_QUEUE_BYTES_MAX` while a reading subscriber gets every line, and it is never
+/// evicted or reset (the server's summary and the kernel's view of its socket).
+#[test]
+fn publisher_that_never_reads_is_not_evicted_by_default() {
+    if !require_io_uring() {
+        return;
+    }
+    let _g = serial();
+    const LIMIT_BYTES: usize = 64 << 10;
+    const LINES: u64 = 10_000;
+    assert!(LINES as usize * FLOOD_LINE_LEN > 5 * LIMIT_BYTES);
+    // No RINGFAN_ECHO: the default is under test. A small NOTSENT_LOWAT and the publisher's
+    // pinned 4 KiB receive buffer keep the kernel from absorbing an echo that the publisher
+    // never reads: with echo on, it would pile up in the server's queue and pass the limit.
+    let mut server = Server::start(&[
+        ("RINGFAN_SEND_QUEUE_BYTES_MAX", "64KiB"),
+        ("RINGFAN_NOTSENT_LOWAT", "4KiB"),
+    ]);
+    let mut clients = connect_n(server.addr(), 2);
+    sync_clients_opts(&mut clients, 0, false);
+    let mut reader = clients.pop().unwrap();
+    let publisher = clients.pop().unwrap();
+    set_rcvbuf(&publisher.stream, 4096);
+    let publisher_port = publisher.local_port();
+
+    let mut w = publisher.writer();
+    let writer = thread::spawn(move || -> std::io::Result<()> {
+        for k in 0..LINES / 100 {
+            w.write_all(&flood_bytes(k * 100, (k + 1) * 100))?;
+        }
+        Ok(())
+    });
+    let got: Vec<u8> = reader.read_lines(LINES as usize, secs(30)).concat();
+    let written = writer.join().unwrap();
+    assert_bytes_eq(&got, &flood_bytes(0, LINES), "the reading subscriber");
+    written.unwrap_or_else(|e| panic!("the publisher's writes failed: {e}"));
+
+    assert_eq!(
+        tcp_states_of(server.port(), publisher_port),
+        vec![ESTABLISHED],
+        "the server's side of the publisher's connection; {}",
+        server.describe()
+    );
+    // Nothing was queued for the publisher: nothing is waiting in its socket either.
+    publisher.stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    match (&publisher.stream).read(&mut byte) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the publisher's socket should be open and empty, read gave {other:?}"),
+    }
+    publisher.stream.set_nonblocking(false).unwrap();
+
+    close_all_gracefully(vec![publisher, reader], "publisher and reader");
+    server.assert_clean(0, Duration::from_secs(5), "after both closed");
+    server.sigterm();
+    let st = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("no exit 10 s after SIGTERM");
+    assert!(st.success(), "exit status {st:?}");
+    let stderr = server.stderr_text();
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("stopped:"))
+        .unwrap_or_else(|| panic!("no 'stopped:' summary on stderr:\n{stderr}"));
+    for counter in [
+        "closed_evicted_slow=0",
+        "evicted_slow=0",
+        "slow_timeouts=0",
+        "aborted=0",
+        "closed_peer_reset=0",
+        "closed_peer_fin=2",
+    ] {
+        assert!(
+            summary.split_whitespace().any(|w| w == counter),
+            "expected {counter} in the summary: {summary}"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use common::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Scrapes `url` (http://127.0.0.1:PORT/metrics) and sums each series over its `worker` label:
 /// `name{reason="x"}` keys keep their other labels.
@@ -58,6 +58,7 @@ fn scraped_counters_match_the_scenario() {
         return;
     }
     let server = Server::start(&[
+        ("RINGFAN_ECHO", "1"),
         ("RINGFAN_METRICS_LISTEN", "127.0.0.1:0"),
         ("RINGFAN_SEND_QUEUE_BYTES_MAX", "262144"),
         ("RINGFAN_CLOSE_TIMEOUT_MS", "500"),
@@ -176,4 +177,114 @@ fn scraped_counters_match_the_scenario() {
     drop((slow, publisher));
     // The kernel agrees with the gauge: two connections left, nothing in CLOSE_WAIT, no fd leak.
     server.assert_clean(1, Duration::from_secs(3), "after the scenario");
+}
+
+/// Reads until EOF or reset, at most until `deadline`: true if the server ended the connection.
+fn ended_by_server(s: &mut TcpStream, deadline: Instant) -> bool {
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    false
+}
+
+/// A scraper that sends half a request and stalls, and one that trickles its request a byte at a
+/// time, hold nobody else up: a second scraper gets a full 200 within a second meanwhile. Both
+/// are closed by the server once the 5 s scrape deadline has passed (EOF on the client, and no
+/// ESTABLISHED row left on the server's side).
+#[test]
+fn stalled_scrapers_do_not_block_others_and_are_closed_after_the_deadline() {
+    if !require_io_uring() {
+        return;
+    }
+    let server = Server::start(&[("RINGFAN_METRICS_LISTEN", "127.0.0.1:0")]);
+    let find = || {
+        server.stdout_lines().iter().find_map(|l| {
+            l.strip_prefix("ringfan metrics on ")
+                .map(|u| u.trim().to_string())
+        })
+    };
+    assert!(
+        wait_until(secs(5), || find().is_some()),
+        "the server prints its metrics address"
+    );
+    let url = find().unwrap();
+    let hostport = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_string();
+    let metrics_port: u16 = hostport.rsplit_once(':').unwrap().1.parse().unwrap();
+
+    let started = Instant::now();
+    let mut stalled = TcpStream::connect(&hostport).unwrap();
+    stalled.write_all(b"GET /metr").unwrap();
+    let mut trickler = TcpStream::connect(&hostport).unwrap();
+    let trickle_port = trickler.local_addr().unwrap().port();
+    let stalled_port = stalled.local_addr().unwrap().port();
+    // Give the server time to start reading both (it may serve them in any order).
+    assert!(
+        wait_until(secs(2), || {
+            tcp_states_of(metrics_port, stalled_port) == vec![ESTABLISHED]
+                && tcp_states_of(metrics_port, trickle_port) == vec![ESTABLISHED]
+        }),
+        "both stalling connections established"
+    );
+
+    for i in 0..3 {
+        let t = Instant::now();
+        let m = scrape(&url);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "scrape {i} took {:?} beside the stalled connections",
+            t.elapsed()
+        );
+        assert!(m.contains_key("ringfan_connections_open"), "scrape {i}");
+        // One byte of a never-ending request line every 400 ms: under any per-read timeout.
+        trickler.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let trickle_writer = {
+        let mut w = trickler.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < until && w.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        })
+    };
+
+    // The deadline is 5 s from accept; allow 3 s more on a loaded machine.
+    let limit = started + Duration::from_secs(8);
+    for (name, s) in [("stalled", &mut stalled), ("trickling", &mut trickler)] {
+        assert!(
+            ended_by_server(s, limit),
+            "the {name} scraper is still open {:?} after it connected",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(4500),
+            "the {name} scraper was closed after {:?}, before the 5 s deadline",
+            started.elapsed()
+        );
+    }
+    trickle_writer.join().unwrap();
+    for (name, port) in [("stalled", stalled_port), ("trickling", trickle_port)] {
+        let states = tcp_states_of(metrics_port, port);
+        assert!(
+            !states.contains(&ESTABLISHED),
+            "{name}: the server's side is still ESTABLISHED: {states:?}"
+        );
+    }
+    let m = scrape(&url);
+    assert!(m.contains_key("ringfan_connections_open"));
 }

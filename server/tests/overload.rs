@@ -64,7 +64,7 @@ fn connection_limit_refuses_at_once_then_serves_again() {
     }
     let _g = serial();
     raise_nofile();
-    let server = Server::start(&[("RINGFAN_MAX_CONNECTIONS", "100")]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_MAX_CONNECTIONS", "100")]);
     let mut held = connect_n(server.addr(), 100);
     sync_clients(&mut held, 0);
     for i in 0..50 {
@@ -120,6 +120,7 @@ fn out_of_fds_refuses_waiting_connections_without_spinning() {
     // A hard limit of 40 fds and no connection limit: accept itself hits EMFILE.
     let server = Server::start_nofile(
         &[
+            ("RINGFAN_ECHO", "1"),
             ("RINGFAN_THREADS", "1"),
             ("RINGFAN_MAX_CONNECTIONS", "100000"),
         ],
@@ -186,6 +187,7 @@ fn never_reading_subscriber_is_evicted_fast_ones_get_everything() {
     let _g = serial();
     raise_nofile();
     let server = Server::start(&[
+        ("RINGFAN_ECHO", "1"),
         ("RINGFAN_SEND_QUEUE_BYTES_MAX", "1MiB"),
         ("RINGFAN_SLOW_CONSUMER_TIMEOUT_MS", "500"),
         ("RINGFAN_CLOSE_TIMEOUT_MS", "300"),
@@ -326,6 +328,7 @@ fn drop_policy_keeps_the_subscriber_and_drops_whole_lines() {
     }
     let _g = serial();
     let server = Server::start(&[
+        ("RINGFAN_ECHO", "1"),
         ("RINGFAN_SLOW_CONSUMER", "drop"),
         ("RINGFAN_SEND_QUEUE_BYTES_MAX", "256KiB"),
         ("RINGFAN_SLOW_CONSUMER_TIMEOUT_MS", "0"),
@@ -394,7 +397,7 @@ fn keepalive_timer_runs_on_idle_connections() {
     }
     let _g = serial();
     for (secs_var, expect) in [("30", 2u8), ("0", 0u8)] {
-        let server = Server::start(&[("RINGFAN_KEEPALIVE_SECS", secs_var)]);
+        let server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_KEEPALIVE_SECS", secs_var)]);
         let mut c = connect_n(server.addr(), 1);
         sync_clients(&mut c, 0);
         assert!(
@@ -493,7 +496,7 @@ fn flooding_publisher_does_not_starve_others_or_grow_memory() {
         return;
     }
     let _g = serial();
-    let server = Server::start(&[]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1")]);
     let mut clients = connect_n(server.addr(), 4);
     sync_clients(&mut clients, 0);
     let rss0 = rss_bytes(server.pid());

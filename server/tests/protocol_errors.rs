@@ -19,6 +19,7 @@ fn one_mib_line_without_newline_gets_error_then_eof_others_unaffected() {
     }
     let _g = serial();
     let server = Server::start(&[
+        ("RINGFAN_ECHO", "1"),
         ("RINGFAN_MAX_FRAME_BYTES", "65536"),
         ("RINGFAN_CLOSE_TIMEOUT_MS", "1000"),
     ]);
@@ -66,7 +67,7 @@ fn line_of_exactly_max_frame_bytes_is_delivered() {
         return;
     }
     let _g = serial();
-    let server = Server::start(&[("RINGFAN_MAX_FRAME_BYTES", "65536")]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_MAX_FRAME_BYTES", "65536")]);
     let mut clients = connect_n(server.addr(), 2);
     sync_clients(&mut clients, 0);
     // Every byte value but `\n`, then the `\n` as byte number 65536.
@@ -100,7 +101,7 @@ fn line_one_byte_over_the_limit_is_rejected() {
         return;
     }
     let _g = serial();
-    let server = Server::start(&[("RINGFAN_MAX_FRAME_BYTES", "65536")]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_MAX_FRAME_BYTES", "65536")]);
     let mut clients = connect_n(server.addr(), 2);
     sync_clients(&mut clients, 1);
     let mut line = vec![b'y'; MAX];
@@ -140,7 +141,7 @@ fn complete_lines_before_an_overlong_one_reach_others_nothing_after() {
         return;
     }
     let _g = serial();
-    let server = Server::start(&[("RINGFAN_MAX_FRAME_BYTES", "64")]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_MAX_FRAME_BYTES", "64")]);
     let mut clients = connect_n(server.addr(), 2);
     sync_clients(&mut clients, 1);
     let data = overlong_after_good_line(&mut clients);
@@ -176,7 +177,7 @@ fn offender_gets_echo_of_its_good_line_before_the_error_line() {
         return;
     }
     let _g = serial();
-    let server = Server::start(&[("RINGFAN_MAX_FRAME_BYTES", "64")]);
+    let server = Server::start(&[("RINGFAN_ECHO", "1"), ("RINGFAN_MAX_FRAME_BYTES", "64")]);
     let mut clients = connect_n(server.addr(), 2);
     sync_clients(&mut clients, 1);
     let data = overlong_after_good_line(&mut clients);

@@ -17,7 +17,7 @@ fn sigterm_flushes_queued_data_to_every_client_then_exits_zero() {
         return;
     }
     let _g = serial();
-    let mut server = Server::start(&[]);
+    let mut server = Server::start(&[("RINGFAN_ECHO", "1")]);
     let port = server.port();
     // 0: publisher (also a non-reading subscriber of its own echo), 1: observer, 2..6: non-reading.
     let mut clients = connect_n(server.addr(), 6);
@@ -101,7 +101,7 @@ fn sigint_closes_idle_clients_cleanly_and_exits_zero() {
         return;
     }
     let _g = serial();
-    let mut server = Server::start(&[]);
+    let mut server = Server::start(&[("RINGFAN_ECHO", "1")]);
     let addr = server.addr();
     let mut clients = connect_n(addr, 3);
     sync_clients(&mut clients, 0);
@@ -226,6 +226,7 @@ fn shutdown_timeout_resets_a_subscriber_that_stopped_reading() {
     }
     let _g = serial();
     let mut server = Server::start(&[
+        ("RINGFAN_ECHO", "1"),
         ("RINGFAN_SHUTDOWN_TIMEOUT_MS", "500"),
         ("RINGFAN_CLOSE_TIMEOUT_MS", "60000"),
         ("RINGFAN_ECHO", "0"),

@@ -5,7 +5,7 @@
 //! the fan-out), and done well rather than as a strawman:
 //!
 //! - A message is every byte up to and including `\n`, delivered byte for byte to every
-//!   connection (the sender too unless `RINGFAN_ECHO=0`), each publisher's lines in order.
+//!   other connection (the sender too with `RINGFAN_ECHO=1`), each publisher's lines in order.
 //! - Like ringfan's decoder, a reader broadcasts *chunks*: all complete lines of one read go into
 //!   the channel as ONE `Bytes` (tagged with the sender's connection id, for echo=0); the partial
 //!   tail waits in a `BytesMut` for the next read.
@@ -27,7 +27,7 @@
 //!
 //! Configuration (environment): `RINGFAN_LISTEN` (default 127.0.0.1:7000, port 0 picks a free
 //! port), `RINGFAN_THREADS` (tokio worker threads, default available cores), `RINGFAN_ECHO` (0/1,
-//! default 1), `RINGFAN_MAX_FRAME_BYTES` (default 65536) and, instead of ringfan's
+//! default 0, as ringfan's), `RINGFAN_MAX_FRAME_BYTES` (default 65536) and, instead of ringfan's
 //! `RINGFAN_SEND_QUEUE_BYTES_MAX`, `TOKIO_FANOUT_CHANNEL_CAPACITY` (broadcast channel capacity in
 //! messages, default 65536). An invalid value exits with status 2. Once listening it prints
 //! `tokio-fanout listening on ADDR` on stdout. The soft RLIMIT_NOFILE is raised to the hard limit.
@@ -664,7 +664,7 @@ fn config() -> Result<Config, String> {
         .unwrap_or(1);
     let threads = int("RINGFAN_THREADS", cores as u64, 1, 1024)? as usize;
     let echo = match get("RINGFAN_ECHO")? {
-        None => true,
+        None => false,
         Some(v) => match v.trim() {
             "1" | "true" | "yes" | "on" => true,
             "0" | "false" | "no" | "off" => false,

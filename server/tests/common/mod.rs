@@ -985,6 +985,8 @@ static NONCE: AtomicU64 = AtomicU64::new(1);
 /// `clients[sender]` sends `~sync <nonce> <k>` every 5 ms until every client has received one, then
 /// `~syncend <nonce>`; each client then reads up to the syncend line. With `echo == false` the
 /// sender itself is not expected to receive anything.
+///
+/// `sync_clients` (echo expected) needs a server started with `RINGFAN_ECHO=1` (the default is 0).
 pub fn sync_clients_opts(clients: &mut [Client], sender: usize, echo: bool) {
     let nonce = NONCE.fetch_add(1, Ordering::Relaxed) * 1_000_003 + std::process::id() as u64;
     let prefix = format!("~sync {nonce} ");
