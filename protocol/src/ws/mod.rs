@@ -13,9 +13,11 @@
 //! Nothing here reads a clock or a socket: deadlines (a slow handshake, a missing pong, a peer
 //! that never answers a close) are the caller's, which is told what state the connection is in.
 
+mod conn;
 mod decode;
 mod handshake;
 
+pub use conn::{Action, Phase, WsConfig, WsConn};
 pub use decode::{CloseFrame, Decoder, Event, Failure, Message};
 pub use handshake::{accept_key, Accepted, Handshake, HandshakeStatus, Refusal, HEADERS_MAX};
 
