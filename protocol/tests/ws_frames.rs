@@ -298,6 +298,28 @@ fn nothing_is_read_after_a_close_frame() {
 }
 
 #[test]
+fn nothing_stays_allocated_between_messages() {
+    let mut d = Decoder::new(1 << 20);
+    let mut events = Vec::new();
+    let mut input = client_frame(BINARY, &[1; 3000]);
+    input.extend(client_frame(FIN | PING, b"are you there"));
+    input.extend(client_frame(FIN | CONT, &[2; 1000]));
+    input.extend(client_frame(FIN | PONG, b"yes"));
+    // Cut inside the first payload, so the message buffer has to grow.
+    d.decode(&input[..1000], &mut events).unwrap();
+    assert!(d.allocated_bytes() >= 992);
+    d.decode(&input[1000..], &mut events).unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(
+        d.allocated_bytes(),
+        0,
+        "an idle connection holds no payload buffer"
+    );
+    drop(events);
+    assert_eq!(d.allocated_bytes(), 0);
+}
+
+#[test]
 fn failure_keeps_the_events_before_it() {
     let mut input = client_frame(FIN | PING, b"1");
     input.extend(client_frame(FIN | TEXT, b"\xFF"));

@@ -119,6 +119,12 @@ impl Decoder {
         self.message.len() + self.control.len()
     }
 
+    /// Heap bytes held for payloads, capacity included: 0 between messages, so an idle connection
+    /// costs only the decoder itself.
+    pub fn allocated_bytes(&self) -> usize {
+        self.message.capacity() + self.control.capacity()
+    }
+
     /// True once a close frame was decoded or the input failed: later input is ignored.
     pub fn done(&self) -> bool {
         self.done
@@ -297,10 +303,10 @@ impl Decoder {
             .take()
             .expect("end of a frame that did not start");
         match frame.opcode {
-            Opcode::Ping => events.push(Event::Ping(self.control.split().freeze())),
-            Opcode::Pong => events.push(Event::Pong(self.control.split().freeze())),
+            Opcode::Ping => events.push(Event::Ping(take(&mut self.control))),
+            Opcode::Pong => events.push(Event::Pong(take(&mut self.control))),
             Opcode::Close => {
-                let close = close_payload(&self.control.split())?;
+                let close = close_payload(&take(&mut self.control))?;
                 self.done = true;
                 events.push(Event::Close(close));
             }
@@ -310,13 +316,20 @@ impl Decoder {
                     return Err(invalid_utf8("a text message ends inside a character"));
                 }
                 self.utf8_checked = 0;
-                let payload = self.message.split().freeze();
+                let payload = take(&mut self.message);
                 events.push(Event::Message(Message { text, payload }));
             }
             Opcode::Text | Opcode::Binary | Opcode::Continuation => {}
         }
         Ok(())
     }
+}
+
+/// The buffer's bytes, and its allocation with them. `BytesMut::split` would keep the spare
+/// capacity here, and with it the whole allocation the handed-out `Bytes` shares, for as long as
+/// the connection lives: an idle subscriber would hold its largest message.
+fn take(buf: &mut BytesMut) -> Bytes {
+    std::mem::take(buf).freeze()
 }
 
 /// The status code and reason of a close frame's payload (RFC 6455 5.5.1, 7.4).
