@@ -381,6 +381,22 @@ mod tests {
              Content-Type: text/plain; charset=utf-8\r\nContent-Length: 34\r\n\r\n\
              a WebSocket upgrade must be a GET\n"
         );
+        let r = refused(request("").replace("Host: x\r\n", "").as_bytes());
+        assert_eq!(
+            std::str::from_utf8(&r.response).unwrap(),
+            "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 27\r\n\r\n\
+             the Host header is missing\n"
+        );
+        let HandshakeStatus::Refused(r) = Handshake::new(16, Bytes::new()).feed(&[b'G'; 16]) else {
+            panic!("not refused")
+        };
+        assert_eq!(
+            std::str::from_utf8(&r.response).unwrap(),
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: 65\r\n\r\n\
+             a WebSocket upgrade request may have at most 16 bytes of headers\n"
+        );
         let r = Refusal::timeout();
         assert_content_length(&r);
         assert_eq!(
