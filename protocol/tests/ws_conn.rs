@@ -93,6 +93,23 @@ fn publishing_off_fails_a_message_with_1008() {
     };
     assert_eq!(&close[..4], &[0x88, close.len() as u8 - 2, 0x03, 0xF0]); // 1008
     assert_eq!(conn.phase(), Phase::Closed);
+
+    // Refused at the first two bytes of the frame: a subscriber that may not publish never makes
+    // the server hold up to message_bytes_max of a message it would refuse anyway.
+    for first in [0x01u8, 0x82] {
+        let mut conn = open(false);
+        let actions = input(&mut conn, &[first, 0x80 | 126]);
+        assert!(
+            matches!(&actions[..], [Action::Send(c), Action::Shutdown] if c[2..4] == [0x03, 0xF0]),
+            "{first:#x}: {actions:?}"
+        );
+    }
+    // Control frames are still served.
+    let mut conn = open(false);
+    assert_eq!(
+        input(&mut conn, &client_frame(0x89, b"p")),
+        vec![send(ws::pong_frame(b"p"))]
+    );
 }
 
 #[test]

@@ -35,7 +35,8 @@ pub struct WsConfig {
     pub header_bytes_max: usize,
     /// The longest message a client may send, fragments joined.
     pub message_bytes_max: usize,
-    /// Whether a client's messages are published; if not, a message is failed with 1008.
+    /// Whether a client's messages are published; if not, a data frame is failed with 1008 on
+    /// its first two bytes.
     pub publish: bool,
     /// The topic the path `/` subscribes to.
     pub lines_topic: Bytes,
@@ -125,7 +126,11 @@ impl WsConn {
                 HandshakeStatus::Accepted(a) => {
                     actions.push(Action::Send(a.response));
                     actions.push(Action::Subscribe(a.topic));
-                    self.state = State::Open(Decoder::new(self.message_bytes_max));
+                    self.state = State::Open(if self.publish {
+                        Decoder::new(self.message_bytes_max)
+                    } else {
+                        Decoder::refusing_messages()
+                    });
                     self.on_input(&a.rest, actions);
                 }
                 HandshakeStatus::Refused(r) => {
@@ -188,17 +193,11 @@ impl WsConn {
         }
         let open = matches!(self.state, State::Open(_));
         match event {
-            Event::Message(m) if open && self.publish => actions.push(Action::Publish {
+            // Only a decoder that takes messages hands any out (`Decoder::refusing_messages`).
+            Event::Message(m) if open => actions.push(Action::Publish {
                 text: m.text,
                 payload: m.payload,
             }),
-            Event::Message(_) if open => self.fail(
-                Failure {
-                    code: close_code::POLICY_VIOLATION,
-                    reason: "this server does not take messages from WebSocket clients".into(),
-                },
-                actions,
-            ),
             Event::Ping(payload) if open => actions.push(Action::Send(pong_frame(&payload))),
             Event::Pong(payload) => actions.push(Action::Pong(payload)),
             Event::Close(frame) if open => {

@@ -49,7 +49,8 @@ pub struct CloseFrame {
 /// Why the connection must be failed (RFC 6455 7.1.7): close it with `code`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
-    /// The status code for our close frame: 1002, 1007 or 1009.
+    /// The status code for our close frame: 1002, 1007, 1009, or 1008 from a decoder refusing
+    /// messages.
     pub code: u16,
     /// Says what broke which rule; suitable as the close frame's reason.
     pub reason: String,
@@ -95,6 +96,9 @@ pub struct Decoder {
     control: BytesMut,
     /// Set after a close frame or a failure: later input is ignored.
     done: bool,
+    /// Set when the peer may not send messages at all: a data frame fails (1008) on its first two
+    /// bytes.
+    messages_refused: bool,
 }
 
 impl Decoder {
@@ -111,6 +115,17 @@ impl Decoder {
             utf8_checked: 0,
             control: BytesMut::new(),
             done: false,
+            messages_refused: false,
+        }
+    }
+
+    /// A decoder for a peer that may not send messages (a subscribe-only connection): its first
+    /// data frame fails with 1008 on the frame's first two bytes, before any payload is held.
+    /// Control frames are decoded as usual.
+    pub fn refusing_messages() -> Self {
+        Decoder {
+            messages_refused: true,
+            ..Decoder::new(0)
         }
     }
 
@@ -194,6 +209,11 @@ impl Decoder {
             if (b1 & 0x7F) as usize > CONTROL_PAYLOAD_BYTES_MAX {
                 return Err(protocol("a control frame's payload is at most 125 bytes"));
             }
+        } else if self.messages_refused {
+            return Err(Failure::new(
+                close_code::POLICY_VIOLATION,
+                "this server does not take messages from WebSocket clients",
+            ));
         } else if opcode == Opcode::Continuation && self.message_text.is_none() {
             return Err(protocol(
                 "a continuation frame without a message to continue",
