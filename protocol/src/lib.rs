@@ -8,6 +8,12 @@
 //! one connection's input. Broadcasting a chunk is byte for byte the same as broadcasting its lines
 //! one by one in order, but costs one reference-counted `Bytes` per subscriber instead of one per
 //! line. [`Chunk::lines`] iterates the individual frames.
+//!
+//! [`ws`]: WebSocket (RFC 6455) for browsers, server side: the upgrade handshake, client frames
+//! checked and reassembled, server frames built once and shared by every subscriber, and one
+//! connection's close handshake as a state machine that returns what the server must do.
+
+pub mod ws;
 
 use bytes::{Bytes, BytesMut};
 
