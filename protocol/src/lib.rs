@@ -8,6 +8,10 @@
 //! one connection's input. Broadcasting a chunk is byte for byte the same as broadcasting its lines
 //! one by one in order, but costs one reference-counted `Bytes` per subscriber instead of one per
 //! line. [`Chunk::lines`] iterates the individual frames.
+//!
+//! [`glob`] is Redis's pattern matching, for `PSUBSCRIBE`.
+
+pub mod glob;
 
 use bytes::{Bytes, BytesMut};
 
