@@ -9,9 +9,12 @@
 //! one by one in order, but costs one reference-counted `Bytes` per subscriber instead of one per
 //! line. [`Chunk::lines`] iterates the individual frames.
 //!
-//! [`glob`] is Redis's pattern matching, for `PSUBSCRIBE`.
+//! [`resp`] is the Redis protocol (RESP2) for the pub/sub listener: a request decoder, reply and
+//! message-frame encoders, and the per-connection command semantics, answering byte for byte
+//! as redis-server 7.0.15 does. [`glob`] is Redis's pattern matching for `PSUBSCRIBE`.
 
 pub mod glob;
+pub mod resp;
 
 use bytes::{Bytes, BytesMut};
 
