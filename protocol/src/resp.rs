@@ -4,17 +4,22 @@
 //! - [`Decoder`]: bytes in, [`Command`]s out, split anywhere, with redis-server 7.0.15's limits
 //!   and its exact protocol errors ([`ProtocolError`]).
 //! - [`encode`]: replies, and the pub/sub frames built once per message for all subscribers.
+//! - [`Session`]: one connection's command semantics; returns [`Action`]s for the server.
 //!
 //! "As Redis" means redis-server 7.0.15 as Debian 12 ships it, checked byte for byte against
-//! it. Each module lists where it deliberately differs.
+//! it by `protocol/tests/redis_differential.rs`. Each module lists where it deliberately
+//! differs.
 
+mod commands;
 mod decode;
 pub mod encode;
+mod session;
 
 pub use decode::{
     split_args, string_to_i64, Decoder, Limits, ARGUMENT_OVERHEAD_BYTES, LINE_BYTES_MAX,
 };
 pub use encode::{message_frame, pmessage_frame, smessage_frame, Kind};
+pub use session::{Action, Query, Session, SessionConfig};
 
 use bytes::Bytes;
 
