@@ -443,6 +443,31 @@ impl Conn {
         }
     }
 
+    /// Ends our direction of the stream: the server sees end of input after what was sent.
+    pub fn shutdown_write(&mut self) {
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown(SHUT_WR)");
+    }
+
+    /// Everything the server sends until it closes, waiting up to `STEP_TIMEOUT`.
+    pub fn read_to_end(&mut self) -> Result<Vec<u8>, String> {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            match self.fill(deadline) {
+                Ok(0) => return Ok(std::mem::take(&mut self.buf)),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Ok(std::mem::take(&mut self.buf))
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("not closed in time: {e}"))
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// Waits for the server's close, with nothing unread before it.
     pub fn closed(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + STEP_TIMEOUT;
@@ -694,6 +719,11 @@ impl SimHub {
                 .ok_or_else(|| format!("{i} of {n} frames: {}", escape(out)))?;
         }
         Ok(out.drain(..at).collect())
+    }
+
+    /// Everything sent to `client` and not yet taken.
+    pub fn take_output(&mut self, client: usize) -> Vec<u8> {
+        std::mem::take(&mut self.clients[client].out)
     }
 
     pub fn closed(&mut self, client: usize) -> Result<(), String> {
