@@ -192,6 +192,21 @@ fn the_bulk_limit_is_inclusive() {
 }
 
 #[test]
+fn a_bulk_header_alone_does_not_reserve_the_whole_bulk() {
+    let mut d = Decoder::new(Limits {
+        bulk_bytes_max: 512 << 20,
+        command_bytes_max: 1 << 30,
+    });
+    d.feed(b"*1\r\n$536870912\r\n");
+    assert_eq!(d.next_command(), Ok(None));
+    assert!(
+        d.capacity_bytes() < 1 << 20,
+        "reserved {} bytes",
+        d.capacity_bytes()
+    );
+}
+
+#[test]
 fn the_command_limit_counts_each_argument_overhead() {
     let limits = Limits {
         bulk_bytes_max: 100,

@@ -29,6 +29,9 @@ const MULTIBULK_COUNT_MAX: i64 = i32::MAX as i64;
 /// handle, so that a million empty arguments are not free.
 pub const ARGUMENT_OVERHEAD_BYTES: usize = std::mem::size_of::<Bytes>();
 
+/// Most room reserved ahead for a bulk announced but not yet received.
+const BULK_PREALLOCATION_BYTES_MAX: usize = 64 * 1024;
+
 /// Lower bound for the buffer's allocation when input must be copied, so that many small reads
 /// do not each allocate.
 const MIN_ALLOCATION_BYTES: usize = 4096;
@@ -103,6 +106,11 @@ impl Decoder {
     /// Bytes received and not yet handed out as part of a command.
     pub fn buffered_bytes(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes of buffer held for input, received or reserved (for memory accounting).
+    pub fn capacity_bytes(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Appends `input`. It is copied once; the arguments of a command share that copy.
@@ -259,8 +267,11 @@ impl Decoder {
                 },
             };
             if self.buf.len() < len + 2 {
-                // The whole bulk will be needed: one allocation for it, not a doubling series.
-                self.buf.reserve(len + 2 - self.buf.len());
+                // Room for the bulk in one allocation rather than a doubling series, but only up
+                // to a bound: a header alone must not make the server allocate a whole
+                // `bulk_bytes_max` that the peer may never send.
+                let missing = len + 2 - self.buf.len();
+                self.buf.reserve(missing.min(BULK_PREALLOCATION_BYTES_MAX));
                 return Ok(None);
             }
             let arg = self.buf.split_to(len + 2).freeze().slice(..len);
