@@ -12,7 +12,13 @@
 //! [`ws`]: WebSocket (RFC 6455) for browsers, server side: the upgrade handshake, client frames
 //! checked and reassembled, server frames built once and shared by every subscriber, and one
 //! connection's close handshake as a state machine that returns what the server must do.
+//!
+//! [`resp`] is the Redis protocol (RESP2) for the pub/sub listener: a request decoder, reply and
+//! message-frame encoders, and the per-connection command semantics, answering byte for byte
+//! as redis-server 7.0.15 does. [`glob`] is Redis's pattern matching for `PSUBSCRIBE`.
 
+pub mod glob;
+pub mod resp;
 pub mod ws;
 
 use bytes::{Bytes, BytesMut};

@@ -1,0 +1,643 @@
+//! One RESP connection's command semantics, sans-IO: a [`Command`] in, [`Action`]s out.
+//!
+//! The session owns what Redis keeps per client (its channels, patterns, shard channels, name)
+//! and answers everything that needs nothing else. What needs the server's global view
+//! (delivering a `PUBLISH`, counting subscribers, listing channels) comes out as an action for
+//! the server to carry out, with the encoder for its reply in [`super::encode`].
+//!
+//! Checks run in Redis's order (src/server.c `processCommand`): the `host:`/`post` guard,
+//! existence, arity, then the subscribed-mode restriction, then the command itself.
+//!
+//! Where ringfan differs from redis-server 7.0.15, on purpose:
+//! - Commands Redis knows but ringfan does not serve (`GET`, `CLIENT LIST`, ...) get Redis's
+//!   "unknown command" / "unknown subcommand" text. In subscribed mode they get Redis's exact
+//!   refusal, since Redis refuses them there too.
+//! - `HELLO 3` is refused with `-NOPROTO unsupported protocol version`, as Redis refuses 4,
+//!   until RESP3 exists here.
+//! - `UNSUBSCRIBE` / `SUNSUBSCRIBE` without arguments confirm in subscription order; Redis walks
+//!   a hash table with a per-process random seed, so its order is arbitrary.
+//! - Topic length and subscriptions per connection are bounded ([`SessionConfig`]); Redis has no
+//!   bound. A command that would exceed one is refused whole, before any change.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::commands::COMMANDS;
+use super::encode::{self, Kind};
+use super::Command;
+
+/// Per-connection settings.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// What `CLIENT ID` and `HELLO` report.
+    pub client_id: u64,
+    /// The `version` field of `HELLO`'s reply.
+    pub server_version: Bytes,
+    /// Longest channel or pattern, in bytes.
+    pub topic_bytes_max: usize,
+    /// Most channels + shard channels one connection may hold.
+    pub subscriptions_max: usize,
+    /// Most patterns one connection may hold.
+    pub patterns_max: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            client_id: 1,
+            server_version: Bytes::from_static(b"7.0.15"),
+            topic_bytes_max: usize::MAX,
+            subscriptions_max: usize::MAX,
+            patterns_max: usize::MAX,
+        }
+    }
+}
+
+/// What the server must do, in order, for one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send these bytes.
+    Reply(Bytes),
+    /// Start delivering these topics to this connection. Comes before the confirmations
+    /// (the next `Reply`): interest must be visible everywhere before a client learns it is
+    /// subscribed, or a message published after the confirmation could miss it.
+    Subscribe { kind: Kind, topics: Vec<Bytes> },
+    /// Stop delivering these topics to this connection.
+    Unsubscribe { kind: Kind, topics: Vec<Bytes> },
+    /// Deliver `message` on `channel` (`kind` is `Channel` for `PUBLISH`, `Shard` for
+    /// `SPUBLISH`), then reply [`encode::integer`] with the number of deliveries.
+    Publish {
+        kind: Kind,
+        channel: Bytes,
+        message: Bytes,
+    },
+    /// Answer a `PUBSUB` question from the server's global view.
+    Query(Query),
+    /// Close the connection once everything before this is sent. Nothing follows it.
+    Close,
+    /// Close the connection now, discarding replies not yet sent (Redis frees such a client
+    /// before it writes what the same read produced). Nothing follows it.
+    Drop,
+}
+
+/// `PUBSUB` subcommands that need every connection's subscriptions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// `CHANNELS` / `SHARDCHANNELS`: reply [`encode::bulk_array`] of the active channels (or
+    /// shard channels) matching `pattern` (all if `None`), with [`crate::glob::matches`].
+    Channels { shard: bool, pattern: Option<Bytes> },
+    /// `NUMSUB` / `SHARDNUMSUB`: reply [`encode::numsub`] with each channel's subscriber count,
+    /// in the order asked, repeats included; pattern subscribers are not counted.
+    NumSub { shard: bool, channels: Vec<Bytes> },
+    /// `NUMPAT`: reply [`encode::integer`] with the number of distinct patterns subscribed.
+    NumPat,
+}
+
+/// A set that remembers insertion order, for unsubscribe-all.
+#[derive(Debug, Default)]
+struct OrderedSet {
+    seq: u64,
+    items: HashMap<Bytes, u64>,
+}
+
+impl OrderedSet {
+    fn insert(&mut self, item: &Bytes) -> bool {
+        if self.items.contains_key(item) {
+            return false;
+        }
+        self.seq += 1;
+        self.items.insert(item.clone(), self.seq);
+        true
+    }
+
+    fn remove(&mut self, item: &[u8]) -> bool {
+        self.items.remove(item).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn contains(&self, item: &[u8]) -> bool {
+        self.items.contains_key(item)
+    }
+
+    fn in_order(&self) -> Vec<Bytes> {
+        let mut all: Vec<(&Bytes, &u64)> = self.items.iter().collect();
+        all.sort_unstable_by_key(|(_, seq)| **seq);
+        all.into_iter().map(|(item, _)| item.clone()).collect()
+    }
+}
+
+/// One connection's state.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    channels: OrderedSet,
+    patterns: OrderedSet,
+    shard_channels: OrderedSet,
+    name: Option<Bytes>,
+    closed: bool,
+}
+
+const SUBSCRIBED_MODE_ALLOWED: &[&str] = &[
+    "ping",
+    "subscribe",
+    "ssubscribe",
+    "unsubscribe",
+    "sunsubscribe",
+    "psubscribe",
+    "punsubscribe",
+    "quit",
+    "reset",
+];
+
+impl Session {
+    pub fn new(config: SessionConfig) -> Self {
+        Session {
+            config,
+            channels: OrderedSet::default(),
+            patterns: OrderedSet::default(),
+            shard_channels: OrderedSet::default(),
+            name: None,
+            closed: false,
+        }
+    }
+
+    /// True after `QUIT` or the `host:` guard: the server closes, and feeds nothing more.
+    pub fn closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Redis's subscribed mode (RESP2): any channel, pattern or shard channel held.
+    pub fn subscribed(&self) -> bool {
+        self.channels.len() + self.patterns.len() + self.shard_channels.len() > 0
+    }
+
+    pub fn is_subscribed(&self, kind: Kind, topic: &[u8]) -> bool {
+        self.set(kind).contains(topic)
+    }
+
+    /// The topics of `kind`, in subscription order.
+    pub fn topics(&self, kind: Kind) -> Vec<Bytes> {
+        self.set(kind).in_order()
+    }
+
+    pub fn name(&self) -> Option<&Bytes> {
+        self.name.as_ref()
+    }
+
+    fn set(&self, kind: Kind) -> &OrderedSet {
+        match kind {
+            Kind::Channel => &self.channels,
+            Kind::Pattern => &self.patterns,
+            Kind::Shard => &self.shard_channels,
+        }
+    }
+
+    fn set_mut(&mut self, kind: Kind) -> &mut OrderedSet {
+        match kind {
+            Kind::Channel => &mut self.channels,
+            Kind::Pattern => &mut self.patterns,
+            Kind::Shard => &mut self.shard_channels,
+        }
+    }
+
+    /// The count a confirmation of `kind` carries: channels and patterns share one.
+    fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Channel | Kind::Pattern => self.channels.len() + self.patterns.len(),
+            Kind::Shard => self.shard_channels.len(),
+        }
+    }
+
+    /// Runs one command, appending what the server must do to `out`.
+    pub fn handle(&mut self, command: &Command, out: &mut Vec<Action>) {
+        if self.closed || command.args.is_empty() {
+            return;
+        }
+        let args = &command.args;
+        if args[0].eq_ignore_ascii_case(b"host:") || args[0].eq_ignore_ascii_case(b"post") {
+            // Redis's guard against HTTP requests sent to it (cross-protocol scripting):
+            // dropped at once, without a reply, not even to the commands before it.
+            self.closed = true;
+            out.push(Action::Drop);
+            return;
+        }
+        let (full_name, arity) = match lookup(args) {
+            Lookup::Found(full_name, arity) => (full_name, arity),
+            Lookup::UnknownCommand => return out.push(reply_error(&unknown_command(args))),
+            Lookup::UnknownSubcommand => return out.push(reply_error(&unknown_subcommand(args))),
+        };
+        let argc = args.len() as i64;
+        let arity = i64::from(arity);
+        if (arity > 0 && arity != argc) || argc < -arity {
+            let text = format!("wrong number of arguments for '{full_name}' command");
+            return out.push(reply_error(text.as_bytes()));
+        }
+        if self.subscribed() && !SUBSCRIBED_MODE_ALLOWED.contains(&full_name) {
+            let text = format!(
+                "Can't execute '{full_name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+            );
+            return out.push(reply_error(text.as_bytes()));
+        }
+        self.run(full_name, args, out);
+    }
+
+    fn run(&mut self, full_name: &str, args: &[Bytes], out: &mut Vec<Action>) {
+        match full_name {
+            // PING's arity is "at least 1"; pingCommand itself refuses more than 2.
+            "ping" if args.len() > 2 => {
+                out.push(reply_error(b"wrong number of arguments for 'ping' command"))
+            }
+            "ping" => out.push(Action::Reply(self.ping(args))),
+            "echo" => out.push(Action::Reply(encode::bulk(&args[1]))),
+            "quit" => {
+                self.closed = true;
+                out.push(Action::Reply(encode::simple(b"OK")));
+                out.push(Action::Close);
+            }
+            "reset" => self.reset(out),
+            "hello" => out.push(Action::Reply(self.hello(args))),
+            "subscribe" => self.subscribe(Kind::Channel, &args[1..], out),
+            "psubscribe" => self.subscribe(Kind::Pattern, &args[1..], out),
+            "ssubscribe" => self.subscribe(Kind::Shard, &args[1..], out),
+            "unsubscribe" => self.unsubscribe(Kind::Channel, &args[1..], out),
+            "punsubscribe" => self.unsubscribe(Kind::Pattern, &args[1..], out),
+            "sunsubscribe" => self.unsubscribe(Kind::Shard, &args[1..], out),
+            "publish" | "spublish" => out.push(Action::Publish {
+                kind: if full_name == "publish" {
+                    Kind::Channel
+                } else {
+                    Kind::Shard
+                },
+                channel: args[1].clone(),
+                message: args[2].clone(),
+            }),
+            "client|id" => out.push(Action::Reply(encode::integer(self.config.client_id as i64))),
+            "client|getname" => out.push(Action::Reply(match &self.name {
+                Some(name) => encode::bulk(name),
+                None => encode::null_bulk(),
+            })),
+            "client|setname" => out.push(Action::Reply(match self.set_name(&args[2]) {
+                Ok(()) => encode::simple(b"OK"),
+                Err(e) => e,
+            })),
+            name if name.starts_with("pubsub|") => out.push(pubsub(name, args)),
+            // Known to Redis, not served by ringfan.
+            _ if args.len() > 1 && is_container(&args[0]) => {
+                out.push(reply_error(&unknown_subcommand(args)))
+            }
+            _ => out.push(reply_error(&unknown_command(args))),
+        }
+    }
+
+    fn ping(&self, args: &[Bytes]) -> Bytes {
+        if self.subscribed() {
+            let arg: &[u8] = args.get(1).map_or(b"", |a| &a[..]);
+            let mut reply = BytesMut::new();
+            reply.put_slice(b"*2\r\n$4\r\npong\r\n");
+            reply.put_slice(&encode::bulk(arg));
+            reply.freeze()
+        } else {
+            match args.get(1) {
+                Some(arg) => encode::bulk(arg),
+                None => encode::simple(b"PONG"),
+            }
+        }
+    }
+
+    fn reset(&mut self, out: &mut Vec<Action>) {
+        for kind in [Kind::Channel, Kind::Shard, Kind::Pattern] {
+            let topics = self.topics(kind);
+            if !topics.is_empty() {
+                *self.set_mut(kind) = OrderedSet::default();
+                out.push(Action::Unsubscribe { kind, topics });
+            }
+        }
+        self.name = None;
+        out.push(Action::Reply(encode::simple(b"RESET")));
+    }
+
+    /// Redis's `clientSetName`: empty clears; otherwise only bytes `!`..=`~`.
+    fn set_name(&mut self, name: &Bytes) -> Result<(), Bytes> {
+        if name.is_empty() {
+            self.name = None;
+            return Ok(());
+        }
+        if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+            return Err(encode::error(
+                b"Client names cannot contain spaces, newlines or special characters.",
+            ));
+        }
+        self.name = Some(name.clone());
+        Ok(())
+    }
+
+    fn hello(&mut self, args: &[Bytes]) -> Bytes {
+        if let Some(version) = args.get(1) {
+            match super::decode::string_to_i64(version) {
+                None => {
+                    return encode::error(b"Protocol version is not an integer or out of range")
+                }
+                // 3 is valid for Redis; refused here until RESP3 is spoken.
+                Some(v) if v != 2 => {
+                    return encode::error(b"-NOPROTO unsupported protocol version")
+                }
+                Some(_) => {}
+            }
+        }
+        let mut j = 2;
+        while j < args.len() {
+            let more = args.len() - 1 - j;
+            let option = &args[j];
+            if option.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+                // No ACLs: like a default Redis, only the passwordless `default` user exists.
+                if &args[j + 1][..] != b"default" {
+                    return encode::error(
+                        b"-WRONGPASS invalid username-password pair or user is disabled.",
+                    );
+                }
+                j += 2;
+            } else if option.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+                if let Err(e) = self.set_name(&args[j + 1]) {
+                    return e;
+                }
+                j += 1;
+            } else {
+                let mut text = b"Syntax error in HELLO option '".to_vec();
+                text.extend_from_slice(c_str(option));
+                text.push(b'\'');
+                return encode::error(&text);
+            }
+            j += 1;
+        }
+        let fields: [&[u8]; 14] = [
+            b"server",
+            b"redis",
+            b"version",
+            &self.config.server_version,
+            b"proto",
+            b"",
+            b"id",
+            b"",
+            b"mode",
+            b"standalone",
+            b"role",
+            b"master",
+            b"modules",
+            b"",
+        ];
+        let mut reply = BytesMut::new();
+        reply.put_slice(b"*14\r\n");
+        for (i, field) in fields.iter().enumerate() {
+            match i {
+                5 => reply.put_slice(b":2\r\n"),
+                7 => reply.put_slice(&encode::integer(self.config.client_id as i64)),
+                13 => reply.put_slice(b"*0\r\n"),
+                _ => reply.put_slice(&encode::bulk(field)),
+            }
+        }
+        reply.freeze()
+    }
+
+    fn subscribe(&mut self, kind: Kind, topics: &[Bytes], out: &mut Vec<Action>) {
+        if let Err(e) = self.check_limits(kind, topics) {
+            return out.push(Action::Reply(e));
+        }
+        let mut added = Vec::new();
+        let mut replies = BytesMut::new();
+        for topic in topics {
+            if self.set_mut(kind).insert(topic) {
+                added.push(topic.clone());
+            }
+            replies.put_slice(&encode::subscribed(kind, topic, self.count(kind)));
+        }
+        if !added.is_empty() {
+            out.push(Action::Subscribe {
+                kind,
+                topics: added,
+            });
+        }
+        out.push(Action::Reply(replies.freeze()));
+    }
+
+    /// Refuses a subscribe that would pass a limit, before it changes anything.
+    fn check_limits(&self, kind: Kind, topics: &[Bytes]) -> Result<(), Bytes> {
+        let max = self.config.topic_bytes_max;
+        if topics.iter().any(|t| t.len() > max) {
+            let text = format!("channel or pattern longer than {max} bytes (topic_bytes_max)");
+            return Err(encode::error(text.as_bytes()));
+        }
+        let mut new: Vec<&Bytes> = topics
+            .iter()
+            .filter(|t| !self.set(kind).contains(t))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        let (held, max, name) = match kind {
+            Kind::Pattern => (
+                self.patterns.len(),
+                self.config.patterns_max,
+                "patterns_max",
+            ),
+            Kind::Channel | Kind::Shard => (
+                self.channels.len() + self.shard_channels.len(),
+                self.config.subscriptions_max,
+                "subscriptions_max",
+            ),
+        };
+        if held + new.len() > max {
+            let text = format!("too many subscriptions on this connection: at most {max} ({name})");
+            return Err(encode::error(text.as_bytes()));
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, kind: Kind, topics: &[Bytes], out: &mut Vec<Action>) {
+        let mut removed = Vec::new();
+        let mut replies = BytesMut::new();
+        if topics.is_empty() {
+            for topic in self.topics(kind) {
+                self.set_mut(kind).remove(&topic);
+                replies.put_slice(&encode::unsubscribed(kind, Some(&topic), self.count(kind)));
+                removed.push(topic);
+            }
+            if removed.is_empty() {
+                replies.put_slice(&encode::unsubscribed(kind, None, self.count(kind)));
+            }
+        } else {
+            for topic in topics {
+                if self.set_mut(kind).remove(topic) {
+                    removed.push(topic.clone());
+                }
+                replies.put_slice(&encode::unsubscribed(kind, Some(topic), self.count(kind)));
+            }
+        }
+        if !removed.is_empty() {
+            out.push(Action::Unsubscribe {
+                kind,
+                topics: removed,
+            });
+        }
+        out.push(Action::Reply(replies.freeze()));
+    }
+}
+
+/// `PUBSUB <sub>` after existence and arity passed: Redis's `pubsubCommand` re-checks the
+/// argument count per subcommand.
+fn pubsub(full_name: &str, args: &[Bytes]) -> Action {
+    let argc = args.len();
+    let shard = full_name.starts_with("pubsub|shard");
+    match full_name {
+        "pubsub|help" => Action::Reply(pubsub_help(&args[0])),
+        "pubsub|channels" | "pubsub|shardchannels" if argc <= 3 => Action::Query(Query::Channels {
+            shard,
+            pattern: args.get(2).cloned(),
+        }),
+        "pubsub|numsub" | "pubsub|shardnumsub" => Action::Query(Query::NumSub {
+            shard,
+            channels: args[2..].to_vec(),
+        }),
+        "pubsub|numpat" => Action::Query(Query::NumPat),
+        _ => {
+            let mut text = b"unknown subcommand or wrong number of arguments for '".to_vec();
+            text.extend_from_slice(truncated(c_str(&args[1]), 128));
+            text.extend_from_slice(b"'. Try ");
+            text.extend_from_slice(&c_str(&args[0]).to_ascii_uppercase());
+            text.extend_from_slice(b" HELP.");
+            reply_error(&text)
+        }
+    }
+}
+
+fn pubsub_help(command: &[u8]) -> Bytes {
+    const LINES: &[&str] = &[
+        "CHANNELS [<pattern>]",
+        "    Return the currently active channels matching a <pattern> (default: '*').",
+        "NUMPAT",
+        "    Return number of subscriptions to patterns.",
+        "NUMSUB [<channel> ...]",
+        "    Return the number of subscribers for the specified channels, excluding",
+        "    pattern subscriptions(default: no channels).",
+        "SHARDCHANNELS [<pattern>]",
+        "    Return the currently active shard level channels matching a <pattern> (default: '*').",
+        "SHARDNUMSUB [<shardchannel> ...]",
+        "    Return the number of subscribers for the specified shard level channel(s)",
+        "HELP",
+        "    Prints this help.",
+    ];
+    let mut reply = BytesMut::new();
+    reply.put_slice(&encode::array_header(LINES.len() + 1));
+    let mut header = c_str(command).to_ascii_uppercase();
+    header.extend_from_slice(b" <subcommand> [<arg> [value] [opt] ...]. Subcommands are:");
+    reply.put_slice(&encode::simple(&header));
+    for line in LINES {
+        reply.put_slice(&encode::simple(line.as_bytes()));
+    }
+    reply.freeze()
+}
+
+fn reply_error(text: &[u8]) -> Action {
+    Action::Reply(encode::error(text))
+}
+
+/// What a C string formatter sees of `arg`: the bytes before its first NUL.
+fn c_str(arg: &[u8]) -> &[u8] {
+    match memchr::memchr(0, arg) {
+        Some(nul) => &arg[..nul],
+        None => arg,
+    }
+}
+
+fn truncated(s: &[u8], max: usize) -> &[u8] {
+    &s[..s.len().min(max)]
+}
+
+/// `unknown command '%.128s', with args beginning with: ` then `'%.*s' ` per argument while
+/// the list is under 128 bytes, each cut to what is left of the 128.
+fn unknown_command(args: &[Bytes]) -> Vec<u8> {
+    let mut listed = Vec::new();
+    for arg in &args[1..] {
+        if listed.len() >= 128 {
+            break;
+        }
+        let room = 128 - listed.len();
+        listed.push(b'\'');
+        listed.extend_from_slice(truncated(c_str(arg), room));
+        listed.extend_from_slice(b"' ");
+    }
+    let mut text = b"unknown command '".to_vec();
+    text.extend_from_slice(truncated(c_str(&args[0]), 128));
+    text.extend_from_slice(b"', with args beginning with: ");
+    text.extend_from_slice(&listed);
+    text
+}
+
+/// `unknown subcommand '%.128s'. Try %s HELP.`
+fn unknown_subcommand(args: &[Bytes]) -> Vec<u8> {
+    let mut text = b"unknown subcommand '".to_vec();
+    text.extend_from_slice(truncated(c_str(&args[1]), 128));
+    text.extend_from_slice(b"'. Try ");
+    text.extend_from_slice(&c_str(&args[0]).to_ascii_uppercase());
+    text.extend_from_slice(b" HELP.");
+    text
+}
+
+enum Lookup {
+    Found(&'static str, i32),
+    UnknownCommand,
+    /// A container command (`CLIENT`, `PUBSUB`, ...) with an unknown subcommand.
+    UnknownSubcommand,
+}
+
+/// Finds a command by its exact, case-insensitive full name.
+fn find(full_name: &[u8]) -> Option<(&'static str, i32)> {
+    if full_name.len() > 64 || !full_name.is_ascii() {
+        return None;
+    }
+    let lower = full_name.to_ascii_lowercase();
+    COMMANDS
+        .binary_search_by(|(name, _)| name.as_bytes().cmp(&lower[..]))
+        .ok()
+        .map(|i| COMMANDS[i])
+}
+
+fn is_container(name: &[u8]) -> bool {
+    if name.len() > 64 || !name.is_ascii() {
+        return false;
+    }
+    let mut prefix = name.to_ascii_lowercase();
+    prefix.push(b'|');
+    let i = COMMANDS.partition_point(|(n, _)| n.as_bytes() < &prefix[..]);
+    COMMANDS
+        .get(i)
+        .is_some_and(|(n, _)| n.as_bytes().starts_with(&prefix))
+}
+
+/// Redis's `lookupCommand`: a container with more than one argument is looked up by its
+/// subcommand; with one, as itself (so that arity reports it).
+fn lookup(args: &[Bytes]) -> Lookup {
+    let name = &args[0];
+    if name.contains(&b'|') {
+        // A full name is not a command name.
+        return Lookup::UnknownCommand;
+    }
+    if args.len() > 1 && is_container(name) {
+        if args[1].contains(&b'|') {
+            return Lookup::UnknownSubcommand;
+        }
+        let mut full = name.to_vec();
+        full.push(b'|');
+        full.extend_from_slice(&args[1]);
+        return match find(&full) {
+            Some((n, a)) => Lookup::Found(n, a),
+            None => Lookup::UnknownSubcommand,
+        };
+    }
+    match find(name) {
+        Some((n, a)) => Lookup::Found(n, a),
+        None => Lookup::UnknownCommand,
+    }
+}
