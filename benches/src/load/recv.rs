@@ -214,8 +214,7 @@ impl Acc {
             self.msgs += 1;
             let ns = self.now.saturating_sub(m.ts).max(1);
             let _ = self.hist.record(ns);
-            let _ = own
-                .get_or_insert_with(new_sub_histogram)
+            own.get_or_insert_with(new_sub_histogram)
                 .saturating_record((ns / 1000).max(1));
             if m.seq <= prev {
                 self.reordered += 1;
