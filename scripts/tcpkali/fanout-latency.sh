@@ -6,19 +6,23 @@
 #
 #   ADDR=127.0.0.1:7000 N=1000 SIZE=64 RATE=1000 DURATION=30 scripts/tcpkali/fanout-latency.sh
 #
-# The server must be running. Lines are padded to about SIZE bytes (the marker's own length
-# depends on the tcpkali version). CONNECT_RATE (default 2000/s) paces the subscribers.
+# The server must be running. Lines are SIZE bytes (the marker is 30 of them in tcpkali 1.x).
+# CONNECT_RATE (default 2000/s) paces the subscribers. PROTO=redis or PROTO=nats measures a
+# Redis or NATS server instead (subscribers subscribe to channel `bench`; the publisher PUBLISHes
+# a SIZE-byte payload); the default, PROTO=line, is ringfan's newline-delimited lines.
 #
 # Every subscriber disconnects itself once the publisher is done, before tcpkali reports: that is
 # what makes the figure cover all of them (see the comment in the script).
 set -euo pipefail
 cd "$(dirname "$0")"
-[ "${1:-}" = --help ] && { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
+[ "${1:-}" = --help ] && { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 source ./common.sh
 N=${N:-1000}
 SIZE=${SIZE:-64}
 RATE=${RATE:-1000}
 CONNECT_RATE=${CONNECT_RATE:-2000}
+PROTO=${PROTO:-line}
+case "$PROTO" in line|redis|nats) ;; *) echo "PROTO must be line, redis or nats (got '$PROTO')" >&2; exit 2 ;; esac
 case "$N$RATE$CONNECT_RATE" in *[!0-9]*) echo "N, RATE and CONNECT_RATE must be whole numbers (got N='$N' RATE='$RATE' CONNECT_RATE='$CONNECT_RATE')" >&2; exit 2 ;; esac
 [ "$N" -ge 1 ] && [ "$RATE" -ge 1 ] && [ "$CONNECT_RATE" -ge 1 ] || { echo "N, RATE and CONNECT_RATE must be at least 1" >&2; exit 2; }
 require_tcpkali "--addr $ADDR --subscribers $N --size $SIZE --rate $RATE --duration $DURATION --warmup 2"
@@ -42,8 +46,10 @@ lifetime=$(( ramp + DURATION + 4 ))
 out="${TMPDIR:-/tmp}/tcpkali-lat.$$"
 # -T counts from the end of the ramp: the last subscriber (connected at the end of it) has
 # closed by then.
+first=()
+[ -n "$(subscribe_message "$PROTO")" ] && first=(-1 "$(subscribe_message "$PROTO")")
 tcpkali -c "$N" --connect-rate "$CONNECT_RATE" --channel-lifetime "${lifetime}s" -T "$((lifetime + 2))s" \
-    --message-marker --latency-percentiles 50,90,99,99.9 "$ADDR" >"$out" 2>&1 &
+    -e "${first[@]}" --message-marker --latency-percentiles 50,90,99,99.9 "$ADDR" >"$out" 2>&1 &
 subs=$!
 trap 'kill "$subs" 2>/dev/null || true; rm -f "$out"' EXIT
 # Wait (bounded) until tcpkali says every subscriber is connected.
@@ -56,9 +62,12 @@ until grep -q "Ramped up" "$out" 2>/dev/null; do
     fi
     sleep 0.2
 done
-# The marker is about 40 bytes on the wire; pad the rest of the line. The publisher's own
-# figures (it gets its lines back when the server echoes) go to stderr.
-tcpkali -c 1 -T "${DURATION}s" -r "$RATE" -em "$(payload '\{message.marker}' "$SIZE" 40)" "$ADDR" >&2
+# The marker is 30 bytes on the wire ("TCPKaliMsgTS-", 16 hex digits, "."); pad the rest of the
+# payload. The publisher's own figures (it gets its lines back when the server echoes) go to
+# stderr.
+pub_first=()
+[ -n "$(publisher_hello "$PROTO")" ] && pub_first=(-1 "$(publisher_hello "$PROTO")")
+tcpkali -c 1 -T "${DURATION}s" -r "$RATE" "${pub_first[@]}" -em "$(publish_message "$PROTO" '\{message.marker}' "$SIZE" 30)" "$ADDR" >&2
 echo "publisher done; the subscribers disconnect within $((lifetime + 2)) s, then tcpkali reports" >&2
 wait "$subs" || true
 echo "--- subscribers (N=$N, RATE=$RATE/s, SIZE=$SIZE): latency = receive time - send time of each marker, over every marker every subscriber received" >&2
