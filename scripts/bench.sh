@@ -284,6 +284,11 @@ tk_workers() { local n; n=$(taskset -c "$load_cpus" nproc); echo "$n"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rchar() { awk '/^rchar/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
 wchar() { awk '/^wchar/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
+syscr() { awk '/^syscr/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
+# Context switches of all threads of PID: each one a wake-up (or preemption) of the receiver.
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
+# "bytes_sent segs_out" summed over the server's sockets on PORT (ss -ti, kernel counters).
+tcp_sent() { ss -Htin "sport = :$1" 2>/dev/null | awk '{ for (i = 1; i <= NF; i++) { if ($i ~ /^bytes_sent:/) b += substr($i, 12); if ($i ~ /^segs_out:/) g += substr($i, 10) } } END { print b + 0, g + 0 }'; }
 # Bytes the publisher writes per message of PROTO and SIZE (publish_message with an empty prefix).
 tk_pub_bytes() { # PROTO SIZE
     case "$1" in
@@ -303,10 +308,14 @@ tk_ramped() {
     return 1
 }
 # tk_max_rate N S: one max-rate run of tcpkali against the current server; prints
-# "delivered_msgs_per_s server_busy_pct receiver_busy_pct offered_deliveries_per_s", the last
-# from what the publisher's tcpkali really wrote in the window (its wchar) times N.
+# "delivered_msgs_per_s server_busy_pct receiver_busy_pct offered_deliveries_per_s
+#  bytes_per_segment wakeups_per_mb bytes_per_read": the offered rate from what the publisher's
+# tcpkali really wrote in the window (its wchar) times N; then what the server's sends cost the
+# receiver: bytes per TCP segment the server sent (ss -ti, all its sockets), the subscribers'
+# tcpkali's context switches per MB it read, and bytes per read() (rchar / syscr).
 tk_max_rate() {
     local n=$1 size=$2 proto first=() pub_first=() subs pub t0 t1 r0 r1 s0 s1 k0 k1 w0 w1 rate tck
+    local c0 c1 x0 x1 b0 b1 g0 g1
     proto=$(tk_proto "$server")
     [ -n "$(subscribe_message "$proto")" ] && first=(-1 "$(subscribe_message "$proto")")
     [ -n "$(publisher_hello "$proto")" ] && pub_first=(-1 "$(publisher_hello "$proto")")
@@ -316,21 +325,25 @@ tk_max_rate() {
     subs=$!
     if ! tk_ramped "$tmp/tk-subs" "$subs" 60; then
         log "  tcpkali subscribers did not connect: $(tr '\r' '\n' <"$tmp/tk-subs" | tail -2)"
-        kill "$subs" 2>/dev/null || true; wait "$subs" 2>/dev/null || true; echo "na na na na"; return
+        kill "$subs" 2>/dev/null || true; wait "$subs" 2>/dev/null || true; echo "na na na na na na na"; return
     fi
     taskset -c "$load_cpus" tcpkali -c 1 -T 900s -r "$rate" "${pub_first[@]}" \
         -em "$(publish_message "$proto" "" "$size" 0)" "127.0.0.1:$port" >"$tmp/tk-pub" 2>&1 &
     pub=$!
     sleep "$warmup"
     t0=$(date +%s.%N); r0=$(rchar "$subs"); s0=$(cpu_ticks "$server_pid"); k0=$(cpu_ticks "$subs"); w0=$(wchar "$pub")
+    c0=$(syscr "$subs"); x0=$(ctx_switches "$subs"); read -r b0 g0 < <(tcp_sent "$port")
     sleep "$secs"
     t1=$(date +%s.%N); r1=$(rchar "$subs"); s1=$(cpu_ticks "$server_pid"); k1=$(cpu_ticks "$subs"); w1=$(wchar "$pub")
+    c1=$(syscr "$subs"); x1=$(ctx_switches "$subs"); read -r b1 g1 < <(tcp_sent "$port")
     kill "$pub" "$subs" 2>/dev/null || true; wait "$pub" "$subs" 2>/dev/null || true
     tck=$(getconf CLK_TCK)
     awk -v r=$((r1 - r0)) -v b="$(delivered_bytes "$proto" "$size")" -v s=$((s1 - s0)) -v k=$((k1 - k0)) \
         -v d="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" -v tck="$tck" -v w="$(tk_workers)" \
         -v p=$((w1 - w0)) -v pb="$(tk_pub_bytes "$proto" "$size")" -v n="$n" \
-        'BEGIN { printf "%.0f %.0f %.0f %.0f\n", r / b / d, 100 * s / tck / d, 100 * k / tck / d / w, p / pb / d * n }'
+        -v sb=$((b1 - b0)) -v sg=$((g1 - g0)) -v x=$((x1 - x0)) -v c=$((c1 - c0)) \
+        'BEGIN { printf "%.0f %.0f %.0f %.0f %.0f %.2f %.0f\n", r / b / d, 100 * s / tck / d, 100 * k / tck / d / w,
+                 p / pb / d * n, sg > 0 ? sb / sg : 0, r > 0 ? x / (r / 1e6) : 0, c > 0 ? r / c : 0 }'
 }
 # tk_latency N S MSGS_PER_S: "p50_us p99_us" from scripts/tcpkali/fanout-latency.sh (na if none).
 tk_latency() {
@@ -343,20 +356,20 @@ tk_latency() {
         awk '{ printf "%.0f %.0f\n", $1 * 1000, $2 * 1000 } END { if (NR == 0) print "na na" }'
 }
 tcpkali_tables() {
-    local size subs server r vals sb kb p50 p99 rate res off offered
+    local size subs server r vals sb kb p50 p99 rate res off offered seg wake rd segs wakes rds
     : >"$tmp/tk-results"
     for size in $sizes; do
         for subs in $subs_list; do
             rate=$(awk -v d="$(fixed_deliveries "$subs" "$size")" -v n="$subs" 'BEGIN { printf "%d", d / n }')
             for server in $available_servers; do
-                vals=(); sb=(); kb=(); p50=(); p99=(); offered=()
+                vals=(); sb=(); kb=(); p50=(); p99=(); offered=(); segs=(); wakes=(); rds=()
                 for r in $(seq "$runs"); do
                     log "tcpkali: $server N=$subs S=$size max rate, run $r/$runs"
                     start "$server" || continue
-                    read -r res s k off < <(tk_max_rate "$subs" "$size")
+                    read -r res s k off seg wake rd < <(tk_max_rate "$subs" "$size")
                     stop
-                    vals+=("$res"); sb+=("$s"); kb+=("$k"); offered+=("$off")
-                    log "  -> $res msgs/s of $off offered, server $s %, tcpkali receiver $k %"
+                    vals+=("$res"); sb+=("$s"); kb+=("$k"); offered+=("$off"); segs+=("$seg"); wakes+=("$wake"); rds+=("$rd")
+                    log "  -> $res msgs/s of $off offered, server $s %, tcpkali receiver $k %, $seg B per segment, $wake wake-ups per MB, $rd B per read"
                     log "tcpkali: $server N=$subs S=$size latency at $rate msgs/s, run $r/$runs"
                     start "$server" || continue
                     read -r a b < <(tk_latency "$subs" "$size" "$rate")
@@ -370,7 +383,10 @@ tcpkali_tables() {
                 read -r p50m _ _ < <(stats "${p50[@]}")
                 read -r p99m _ _ < <(stats "${p99[@]}")
                 read -r om _ _ < <(stats "${offered[@]}")
-                echo "$server|$subs|$size|$mm|$ml|$mh|$sbm|$kbm|$rate|$p50m|$p99m|$om" >>"$tmp/tk-results"
+                read -r segm _ _ < <(stats "${segs[@]}")
+                read -r wakem _ _ < <(stats "${wakes[@]}")
+                read -r rdm _ _ < <(stats "${rds[@]}")
+                echo "$server|$subs|$size|$mm|$ml|$mh|$sbm|$kbm|$rate|$p50m|$p99m|$om|$segm|$wakem|$rdm" >>"$tmp/tk-results"
             done
         done
     done
@@ -392,13 +408,14 @@ tcpkali_tables() {
     echo
     echo "tcpkali as publisher and subscribers ($(date -u +%Y-%m-%d), $ncpu cores, kernel $(uname -r); each server on core 0 with one thread, tcpkali on cores $load_cpus; ${secs} s measured after a ${warmup} s warm-up, $runs runs per configuration, a fresh server per run):"
     echo
-    echo "| server | N | S | delivered msgs/s, median (min–max) | offered deliveries/s (asked; written by the publisher, median) | CPU busy: server / tcpkali subscribers | p50 / p99 latency at fixed rate (msgs/s published) |"
-    echo "|---|---|---|---|---|---|---|"
-    while IFS='|' read -r server subs size mm ml mh sbm kbm rate p50m p99m om; do
+    echo "| server | N | S | delivered msgs/s, median (min–max) | offered deliveries/s (asked; written by the publisher, median) | CPU busy: server / tcpkali subscribers | bytes per segment sent / subscriber wake-ups per MB / bytes per read() | p50 / p99 latency at fixed rate (msgs/s published) |"
+    echo "|---|---|---|---|---|---|---|---|"
+    while IFS='|' read -r server subs size mm ml mh sbm kbm rate p50m p99m om segm wakem rdm; do
         [ "$server" = unbatched ] && continue
-        printf '| %s | %s | %s | %s (%s–%s) | %s; %s | %s / %s | %s / %s (%s) |\n' "$server" "$subs" "$size" \
+        printf '| %s | %s | %s | %s (%s–%s) | %s; %s | %s / %s | %s / %s / %s | %s / %s (%s) |\n' "$server" "$subs" "$size" \
             "$(fmt_int "$mm")" "$(fmt_int "$ml")" "$(fmt_int "$mh")" "$(fmt_int "$(tk_offered "$size")")" "$(fmt_int "$om")" \
-            "$(na_pct "$sbm")" "$(na_pct "$kbm")" "$(fmt_us "$p50m")" "$(fmt_us "$p99m")" "$(fmt_int "$rate")"
+            "$(na_pct "$sbm")" "$(na_pct "$kbm")" "$(fmt_int "$segm")" "$wakem" "$(fmt_int "$rdm")" \
+            "$(fmt_us "$p50m")" "$(fmt_us "$p99m")" "$(fmt_int "$rate")"
     done <"$tmp/tk-results"
     echo
     echo "Unbatched with tcpkali: N = $unbatched_subs subscribers, $unbatched_rate msgs/s, 64 B:"
