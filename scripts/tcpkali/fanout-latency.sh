@@ -48,7 +48,9 @@ out="${TMPDIR:-/tmp}/tcpkali-lat.$$"
 # closed by then.
 first=()
 [ -n "$(subscribe_message "$PROTO")" ] && first=(-1 "$(subscribe_message "$PROTO")")
-tcpkali -c "$N" --connect-rate "$CONNECT_RATE" --channel-lifetime "${lifetime}s" -T "$((lifetime + 2))s" \
+# --connect-timeout: tcpkali gives up (no report at all) if the ramp does not finish within -T;
+# its default of 1 s per connect is too short for thousands of connects on a busy machine.
+tcpkali -c "$N" --connect-rate "$CONNECT_RATE" --connect-timeout 5s --channel-lifetime "${lifetime}s" -T "$((lifetime + 2))s" \
     -e "${first[@]}" --message-marker --latency-percentiles 50,90,99,99.9 "$ADDR" >"$out" 2>&1 &
 subs=$!
 trap 'kill "$subs" 2>/dev/null || true; rm -f "$out"' EXIT
