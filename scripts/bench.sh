@@ -288,7 +288,7 @@ syscr() { awk '/^syscr/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
 # Context switches of all threads of PID: each one a wake-up (or preemption) of the receiver.
 ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
 # "bytes_sent segs_out" summed over the server's sockets on PORT (ss -ti, kernel counters).
-tcp_sent() { ss -Htin "sport = :$1" 2>/dev/null | awk '{ for (i = 1; i <= NF; i++) { if ($i ~ /^bytes_sent:/) b += substr($i, 12); if ($i ~ /^segs_out:/) g += substr($i, 10) } } END { print b + 0, g + 0 }'; }
+tcp_sent() { ss -Htin "sport = :$1" 2>/dev/null | awk '{ for (i = 1; i <= NF; i++) { if ($i ~ /^bytes_sent:/) b += substr($i, 12); if ($i ~ /^segs_out:/) g += substr($i, 10) } } END { printf "%.0f %.0f\n", b, g }'; }
 # Bytes the publisher writes per message of PROTO and SIZE (publish_message with an empty prefix).
 tk_pub_bytes() { # PROTO SIZE
     case "$1" in
