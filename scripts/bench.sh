@@ -343,7 +343,7 @@ tk_max_rate() {
         -v p=$((w1 - w0)) -v pb="$(tk_pub_bytes "$proto" "$size")" -v n="$n" \
         -v sb=$((b1 - b0)) -v sg=$((g1 - g0)) -v x=$((x1 - x0)) -v c=$((c1 - c0)) \
         'BEGIN { printf "%.0f %.0f %.0f %.0f %.0f %.2f %.0f\n", r / b / d, 100 * s / tck / d, 100 * k / tck / d / w,
-                 p / pb / d * n, sg > 0 ? sb / sg : 0, r > 0 ? x / (r / 1e6) : 0, c > 0 ? r / c : 0 }'
+                 p / pb / d * n, (sg > 0 ? sb / sg : 0), (r > 0 ? x / (r / 1e6) : 0), (c > 0 ? r / c : 0) }'
 }
 # tk_latency N S MSGS_PER_S: "p50_us p99_us" from scripts/tcpkali/fanout-latency.sh (na if none).
 tk_latency() {
