@@ -267,7 +267,8 @@ results="$tmp/results"
 # The same servers, N and S with tcpkali on the load cores: one tcpkali process for the N
 # subscribers (-w = the load cores), one for the publisher.
 #   - delivered msgs/s: the publisher is asked for more than any server here delivers (20 M
-#     deliveries/s at 64 B, 4 M at 1 KiB; msgs/s published = that / N); the figure is what the
+#     deliveries/s at 64 B, 4 M at 1 KiB, or TCPKALI_OFFERED_SMALL / TCPKALI_OFFERED_LARGE from
+#     the environment; msgs/s published = that / N); the figure is what the
 #     subscribers' tcpkali read() in the measured window (its rchar in /proc/PID/io) divided by
 #     the bytes of one delivered message, so a backlog delivered later does not count. Beside
 #     it, what the publisher really wrote in the window (its wchar) times N: a server that
@@ -278,7 +279,9 @@ results="$tmp/results"
 #     scripts/tcpkali/fanout-latency.sh (tcpkali's --message-marker; every subscriber's
 #     histogram counted, see that script).
 source scripts/tcpkali/common.sh
-tk_offered() { if [ "$1" -le 64 ]; then echo 20000000; else echo 4000000; fi; } # S -> deliveries/s
+# S -> deliveries/s asked of the publisher; TCPKALI_OFFERED_SMALL (S <= 64) and
+# TCPKALI_OFFERED_LARGE in the environment override the defaults.
+tk_offered() { if [ "$1" -le 64 ]; then echo "${TCPKALI_OFFERED_SMALL:-20000000}"; else echo "${TCPKALI_OFFERED_LARGE:-4000000}"; fi; }
 tk_proto() { case "$1" in redis|nats) echo "$1" ;; *) echo line ;; esac; }
 tk_workers() { local n; n=$(taskset -c "$load_cpus" nproc); echo "$n"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -350,7 +353,7 @@ tk_latency() {
     local line
     line=$(PROTO=$(tk_proto "$server") ADDR="127.0.0.1:$port" N=$1 SIZE=$2 RATE=$3 DURATION=${secs%.*} \
         CONNECT_RATE=10000 taskset -c "$load_cpus" scripts/tcpkali/fanout-latency.sh 2>/dev/null |
-        grep -a "latency at percentiles" | tail -1)
+        grep -a "latency at percentiles" | tail -1) || true # no figure (e.g. the ramp failed): na
     # "Message latency at percentiles: 0.3/0.4/0.8/3.1 ms (50/90/99/99.9%)"
     sed -n 's|.*percentiles: \([0-9.]*\)/[0-9.]*/\([0-9.]*\)/.*|\1 \2|p' <<<"$line" |
         awk '{ printf "%.0f %.0f\n", $1 * 1000, $2 * 1000 } END { if (NR == 0) print "na na" }'
