@@ -352,7 +352,7 @@ tk_max_rate() {
 tk_latency() {
     local line
     line=$(PROTO=$(tk_proto "$server") ADDR="127.0.0.1:$port" N=$1 SIZE=$2 RATE=$3 DURATION=${secs%.*} \
-        CONNECT_RATE=10000 taskset -c "$load_cpus" scripts/tcpkali/fanout-latency.sh 2>/dev/null |
+        taskset -c "$load_cpus" scripts/tcpkali/fanout-latency.sh 2>/dev/null |
         grep -a "latency at percentiles" | tail -1) || true # no figure (e.g. the ramp failed): na
     # "Message latency at percentiles: 0.3/0.4/0.8/3.1 ms (50/90/99/99.9%)"
     sed -n 's|.*percentiles: \([0-9.]*\)/[0-9.]*/\([0-9.]*\)/.*|\1 \2|p' <<<"$line" |
