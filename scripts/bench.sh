@@ -6,7 +6,13 @@
 # stderr.
 #
 #   scripts/bench.sh [--quick] [--runs R] [--secs D] [--servers "ringfan tokio redis nats"]
-#                    [--subs "100 1000 10000"] [--sizes "64 1024"]
+#                    [--subs "100 1000 10000"] [--sizes "64 1024"] [--tool ringfan-load|tcpkali|both]
+#
+# --tool tcpkali: the same servers, N and S with tcpkali (https://github.com/satori-com/tcpkali,
+# when it is on PATH; otherwise bench.sh says how to get it and uses ringfan-load) as the
+# publisher and the subscribers instead of ringfan-load: a second, independent client, whose
+# receive path (libev, one 16 KiB read() per readiness) costs more per byte than ringfan-load's
+# io_uring one. --tool both: both tables. See "tcpkali tables" below.
 #
 # --quick: N = 1000, S = 64, 1.5 s per run, unbatched at N = 1000, no metrics on/off (under two
 # minutes). FIXED_DELIVERIES=D in the
@@ -51,13 +57,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { echo "usage: scripts/bench.sh [--quick] [--runs R] [--secs D] [--servers LIST] [--subs LIST] [--sizes LIST]" >&2; exit 2; }
+usage() { echo "usage: scripts/bench.sh [--quick] [--runs R] [--secs D] [--servers LIST] [--subs LIST] [--sizes LIST] [--tool ringfan-load|tcpkali|both]" >&2; exit 2; }
 quick=0
 runs=2
 secs=""
 servers="ringfan tokio redis nats"
 subs_opt=""
 sizes_opt=""
+tool=ringfan-load
 args="$*"
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -67,12 +74,18 @@ while [ $# -gt 0 ]; do
         --servers) [ $# -ge 2 ] || usage; servers=$2; shift ;;
         --subs) [ $# -ge 2 ] || usage; subs_opt=$2; shift ;;
         --sizes) [ $# -ge 2 ] || usage; sizes_opt=$2; shift ;;
+        --tool) [ $# -ge 2 ] || usage; tool=$2; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) usage ;;
     esac
     shift
 done
 case "$runs" in ''|*[!0-9]*) usage ;; esac
+case "$tool" in ringfan-load|tcpkali|both) ;; *) echo "--tool must be ringfan-load, tcpkali or both (got '$tool')" >&2; usage ;; esac
+if [ "$tool" != ringfan-load ] && ! command -v tcpkali >/dev/null 2>&1; then
+    echo "--tool $tool: tcpkali is not on PATH (scripts/tcpkali/README.md says how to build it); running ringfan-load only" >&2
+    tool=ringfan-load
+fi
 [ "$runs" -ge 1 ] || usage
 if [ "$quick" = 1 ]; then
     subs_list="1000"; sizes="64"; secs=${secs:-1.5}; warmup=0.5; unbatched_subs=1000; idle_secs=0.5
@@ -234,6 +247,7 @@ fixed_rate_runs() {
         log "  -> CPU $(field server_cpu_s_per_m "$line") s/M, p50 $(field p50_us "$line") µs, p99 $(field p99_us "$line") µs, lost $(field lost "$line")"
     done
 }
+na_pct() { [ -z "$1" ] || [ "$1" = na ] && echo "n/a" || echo "$1 %"; }
 fmt_int() { [ "$1" = na ] && echo "n/a" || printf "%'.0f" "$1"; }
 fmt_us() { # microseconds -> human
     [ "$1" = na ] && { echo "n/a"; return; }
@@ -248,6 +262,177 @@ done
 t_start=$(date +%s)
 results="$tmp/results"
 : >"$results"
+
+# ---- tcpkali tables -------------------------------------------------------------------------
+# The same servers, N and S with tcpkali on the load cores: one tcpkali process for the N
+# subscribers (-w = the load cores), one for the publisher.
+#   - delivered msgs/s: the publisher is asked for more than any server here delivers (20 M
+#     deliveries/s at 64 B, 4 M at 1 KiB, or TCPKALI_OFFERED_SMALL / TCPKALI_OFFERED_LARGE from
+#     the environment; msgs/s published = that / N); the figure is what the
+#     subscribers' tcpkali read() in the measured window (its rchar in /proc/PID/io) divided by
+#     the bytes of one delivered message, so a backlog delivered later does not count. Beside
+#     it, what the publisher really wrote in the window (its wchar) times N: a server that
+#     pushes back on its publisher (TCP flow control) is offered less than was asked.
+#   - CPU busy: the server's share of its core and the subscribers' tcpkali's share of the load
+#     cores over the window (the publisher's tcpkali shares those cores; it is not counted).
+#   - p50 / p99 latency at the fixed rate of the main table, and N = 5000 at 20 msgs/s:
+#     scripts/tcpkali/fanout-latency.sh (tcpkali's --message-marker; every subscriber's
+#     histogram counted, see that script).
+source scripts/tcpkali/common.sh
+# S -> deliveries/s asked of the publisher; TCPKALI_OFFERED_SMALL (S <= 64) and
+# TCPKALI_OFFERED_LARGE in the environment override the defaults.
+tk_offered() { if [ "$1" -le 64 ]; then echo "${TCPKALI_OFFERED_SMALL:-20000000}"; else echo "${TCPKALI_OFFERED_LARGE:-4000000}"; fi; }
+tk_proto() { case "$1" in redis|nats) echo "$1" ;; *) echo line ;; esac; }
+tk_workers() { local n; n=$(taskset -c "$load_cpus" nproc); echo "$n"; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+rchar() { awk '/^rchar/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
+wchar() { awk '/^wchar/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
+syscr() { awk '/^syscr/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
+# Context switches of all threads of PID: each one a wake-up (or preemption) of the receiver.
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
+# "bytes_sent segs_out" summed over the server's sockets on PORT (ss -ti, kernel counters).
+tcp_sent() { ss -Htin "sport = :$1" 2>/dev/null | awk '{ for (i = 1; i <= NF; i++) { if ($i ~ /^bytes_sent:/) b += substr($i, 12); if ($i ~ /^segs_out:/) g += substr($i, 10) } } END { printf "%.0f %.0f\n", b, g }'; }
+# Bytes the publisher writes per message of PROTO and SIZE (publish_message with an empty prefix).
+tk_pub_bytes() { # PROTO SIZE
+    case "$1" in
+        line) echo "$2" ;;
+        redis) echo $(( 16 + $2 )) ;;
+        nats) echo $(( 12 + ${#2} + $2 + 2 )) ;;
+    esac
+}
+# tk_ramped FILE PID SECONDS: waits (bounded) for tcpkali's "Ramped up" line in FILE.
+tk_ramped() {
+    local i
+    for i in $(seq $(( $3 * 10 ))); do
+        grep -q "Ramped up" "$1" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+# tk_max_rate N S: one max-rate run of tcpkali against the current server; prints
+# "delivered_msgs_per_s server_busy_pct receiver_busy_pct offered_deliveries_per_s
+#  bytes_per_segment wakeups_per_mb bytes_per_read": the offered rate from what the publisher's
+# tcpkali really wrote in the window (its wchar) times N; then what the server's sends cost the
+# receiver: bytes per TCP segment the server sent (ss -ti, all its sockets), the subscribers'
+# tcpkali's context switches per MB it read, and bytes per read() (rchar / syscr).
+tk_max_rate() {
+    local n=$1 size=$2 proto first=() pub_first=() subs pub t0 t1 r0 r1 s0 s1 k0 k1 w0 w1 rate tck
+    local c0 c1 x0 x1 b0 b1 g0 g1
+    proto=$(tk_proto "$server")
+    [ -n "$(subscribe_message "$proto")" ] && first=(-1 "$(subscribe_message "$proto")")
+    [ -n "$(publisher_hello "$proto")" ] && pub_first=(-1 "$(publisher_hello "$proto")")
+    rate=$(( $(tk_offered "$size") / n ))
+    taskset -c "$load_cpus" tcpkali -w "$(tk_workers)" -c "$n" --connect-rate 10000 -T 900s -e "${first[@]}" \
+        "127.0.0.1:$port" >"$tmp/tk-subs" 2>&1 &
+    subs=$!
+    if ! tk_ramped "$tmp/tk-subs" "$subs" 60; then
+        log "  tcpkali subscribers did not connect: $(tr '\r' '\n' <"$tmp/tk-subs" | tail -2)"
+        kill "$subs" 2>/dev/null || true; wait "$subs" 2>/dev/null || true; echo "na na na na na na na"; return
+    fi
+    taskset -c "$load_cpus" tcpkali -c 1 -T 900s -r "$rate" "${pub_first[@]}" \
+        -em "$(publish_message "$proto" "" "$size" 0)" "127.0.0.1:$port" >"$tmp/tk-pub" 2>&1 &
+    pub=$!
+    sleep "$warmup"
+    t0=$(date +%s.%N); r0=$(rchar "$subs"); s0=$(cpu_ticks "$server_pid"); k0=$(cpu_ticks "$subs"); w0=$(wchar "$pub")
+    c0=$(syscr "$subs"); x0=$(ctx_switches "$subs"); read -r b0 g0 < <(tcp_sent "$port")
+    sleep "$secs"
+    t1=$(date +%s.%N); r1=$(rchar "$subs"); s1=$(cpu_ticks "$server_pid"); k1=$(cpu_ticks "$subs"); w1=$(wchar "$pub")
+    c1=$(syscr "$subs"); x1=$(ctx_switches "$subs"); read -r b1 g1 < <(tcp_sent "$port")
+    kill "$pub" "$subs" 2>/dev/null || true; wait "$pub" "$subs" 2>/dev/null || true
+    tck=$(getconf CLK_TCK)
+    awk -v r=$((r1 - r0)) -v b="$(delivered_bytes "$proto" "$size")" -v s=$((s1 - s0)) -v k=$((k1 - k0)) \
+        -v d="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" -v tck="$tck" -v w="$(tk_workers)" \
+        -v p=$((w1 - w0)) -v pb="$(tk_pub_bytes "$proto" "$size")" -v n="$n" \
+        -v sb=$((b1 - b0)) -v sg=$((g1 - g0)) -v x=$((x1 - x0)) -v c=$((c1 - c0)) \
+        'BEGIN { printf "%.0f %.0f %.0f %.0f %.0f %.2f %.0f\n", r / b / d, 100 * s / tck / d, 100 * k / tck / d / w,
+                 p / pb / d * n, (sg > 0 ? sb / sg : 0), (r > 0 ? x / (r / 1e6) : 0), (c > 0 ? r / c : 0) }'
+}
+# tk_latency N S MSGS_PER_S: "p50_us p99_us" from scripts/tcpkali/fanout-latency.sh (na if none).
+tk_latency() {
+    local line
+    line=$(PROTO=$(tk_proto "$server") ADDR="127.0.0.1:$port" N=$1 SIZE=$2 RATE=$3 DURATION=${secs%.*} \
+        taskset -c "$load_cpus" scripts/tcpkali/fanout-latency.sh 2>/dev/null |
+        grep -a "latency at percentiles" | tail -1) || true # no figure (e.g. the ramp failed): na
+    # "Message latency at percentiles: 0.3/0.4/0.8/3.1 ms (50/90/99/99.9%)"
+    sed -n 's|.*percentiles: \([0-9.]*\)/[0-9.]*/\([0-9.]*\)/.*|\1 \2|p' <<<"$line" |
+        awk '{ printf "%.0f %.0f\n", $1 * 1000, $2 * 1000 } END { if (NR == 0) print "na na" }'
+}
+tcpkali_tables() {
+    local size subs server r vals sb kb p50 p99 rate res off offered seg wake rd segs wakes rds
+    : >"$tmp/tk-results"
+    for size in $sizes; do
+        for subs in $subs_list; do
+            rate=$(awk -v d="$(fixed_deliveries "$subs" "$size")" -v n="$subs" 'BEGIN { printf "%d", d / n }')
+            for server in $available_servers; do
+                vals=(); sb=(); kb=(); p50=(); p99=(); offered=(); segs=(); wakes=(); rds=()
+                for r in $(seq "$runs"); do
+                    log "tcpkali: $server N=$subs S=$size max rate, run $r/$runs"
+                    start "$server" || continue
+                    read -r res s k off seg wake rd < <(tk_max_rate "$subs" "$size")
+                    stop
+                    vals+=("$res"); sb+=("$s"); kb+=("$k"); offered+=("$off"); segs+=("$seg"); wakes+=("$wake"); rds+=("$rd")
+                    log "  -> $res msgs/s of $off offered, server $s %, tcpkali receiver $k %, $seg B per segment, $wake wake-ups per MB, $rd B per read"
+                    log "tcpkali: $server N=$subs S=$size latency at $rate msgs/s, run $r/$runs"
+                    start "$server" || continue
+                    read -r a b < <(tk_latency "$subs" "$size" "$rate")
+                    stop
+                    p50+=("$a"); p99+=("$b")
+                    log "  -> p50 $a µs, p99 $b µs"
+                done
+                read -r mm ml mh < <(stats "${vals[@]}")
+                read -r sbm _ _ < <(stats "${sb[@]}")
+                read -r kbm _ _ < <(stats "${kb[@]}")
+                read -r p50m _ _ < <(stats "${p50[@]}")
+                read -r p99m _ _ < <(stats "${p99[@]}")
+                read -r om _ _ < <(stats "${offered[@]}")
+                read -r segm _ _ < <(stats "${segs[@]}")
+                read -r wakem _ _ < <(stats "${wakes[@]}")
+                read -r rdm _ _ < <(stats "${rds[@]}")
+                echo "$server|$subs|$size|$mm|$ml|$mh|$sbm|$kbm|$rate|$p50m|$p99m|$om|$segm|$wakem|$rdm" >>"$tmp/tk-results"
+            done
+        done
+    done
+    for server in $available_servers; do
+        p50=(); p99=()
+        for r in $(seq "$runs"); do
+            log "tcpkali: unbatched latency, $server N=$unbatched_subs $unbatched_rate msgs/s, run $r/$runs"
+            start "$server" || continue
+            read -r a b < <(tk_latency "$unbatched_subs" 64 "$unbatched_rate")
+            stop
+            p50+=("$a"); p99+=("$b")
+            log "  -> p50 $a µs, p99 $b µs"
+        done
+        read -r p50m _ _ < <(stats "${p50[@]}")
+        read -r p99m _ _ < <(stats "${p99[@]}")
+        echo "unbatched|$server|$p50m|$p99m" >>"$tmp/tk-results"
+    done
+    echo "Reproduce: \`scripts/bench.sh${args:+ $args}\` (tcpkali $(tcpkali --version 2>&1 | head -1 | grep -o '[0-9][0-9.]*' | head -1))"
+    echo
+    echo "tcpkali as publisher and subscribers ($(date -u +%Y-%m-%d), $ncpu cores, kernel $(uname -r); each server on core 0 with one thread, tcpkali on cores $load_cpus; ${secs} s measured after a ${warmup} s warm-up, $runs runs per configuration, a fresh server per run):"
+    echo
+    echo "| server | N | S | delivered msgs/s, median (min–max) | offered deliveries/s (asked; written by the publisher, median) | CPU busy: server / tcpkali subscribers | bytes per segment sent / subscriber wake-ups per MB / bytes per read() | p50 / p99 latency at fixed rate (msgs/s published) |"
+    echo "|---|---|---|---|---|---|---|---|"
+    while IFS='|' read -r server subs size mm ml mh sbm kbm rate p50m p99m om segm wakem rdm; do
+        [ "$server" = unbatched ] && continue
+        printf '| %s | %s | %s | %s (%s–%s) | %s; %s | %s / %s | %s / %s / %s | %s / %s (%s) |\n' "$server" "$subs" "$size" \
+            "$(fmt_int "$mm")" "$(fmt_int "$ml")" "$(fmt_int "$mh")" "$(fmt_int "$(tk_offered "$size")")" "$(fmt_int "$om")" \
+            "$(na_pct "$sbm")" "$(na_pct "$kbm")" "$(fmt_int "$segm")" "$wakem" "$(fmt_int "$rdm")" \
+            "$(fmt_us "$p50m")" "$(fmt_us "$p99m")" "$(fmt_int "$rate")"
+    done <"$tmp/tk-results"
+    echo
+    echo "Unbatched with tcpkali: N = $unbatched_subs subscribers, $unbatched_rate msgs/s, 64 B:"
+    echo
+    echo "| server | p50 / p99 latency (tcpkali --message-marker, every subscriber) |"
+    echo "|---|---|"
+    grep '^unbatched|' "$tmp/tk-results" | while IFS='|' read -r _ server p50m p99m; do
+        printf '| %s | %s / %s |\n' "$server" "$(fmt_us "$p50m")" "$(fmt_us "$p99m")"
+    done
+}
+if [ "$tool" = tcpkali ]; then
+    tcpkali_tables
+    exit 0
+fi
 
 # ---- idle RSS: per (server, N), R runs -------------------------------------------------------
 declare -A rss
@@ -360,7 +545,6 @@ echo "Reproduce: \`scripts/bench.sh${args:+ $args}\`"
 echo
 echo "($(date -u +%Y-%m-%d), $ncpu cores, kernel $(uname -r); each server on core 0 with one thread, ringfan-load on cores $load_cpus; ${secs} s measured after a ${warmup} s warm-up per run, $runs runs per configuration, a fresh server per run; took ${elapsed} s)"
 echo
-na_pct() { [ -z "$1" ] || [ "$1" = na ] && echo "n/a" || echo "$1 %"; }
 echo "| server | N | S | delivered msgs/s at max rate, median (min–max) | CPU busy at max rate: server / generator | TCP memory at max rate (machine-wide peak, median) | fixed rate: msgs/s published (deliveries/s) | server CPU-s per M deliveries at fixed rate, median (min–max) | p50 / p99 latency at fixed rate | RSS per idle connection, median (min–max) |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 while IFS='|' read -r server subs size a b c d e f g h rate lostmax notes tm over sb gb; do
@@ -410,4 +594,8 @@ if [ -n "$metrics_out" ]; then
     echo "Metrics on/off (ringfan, N = 1000, 2000 msgs/s, 64 B, CPU over the measured window):"
     echo
     echo "$metrics_out"
+fi
+if [ "$tool" = both ]; then
+    echo
+    tcpkali_tables
 fi

@@ -37,6 +37,41 @@ payload() { # PREFIX SIZE PREFIX_LEN_ON_THE_WIRE
     printf '%s%s\\n' "$1" "$(head -c "$pad" /dev/zero | tr '\0' x)"
 }
 
+# The publisher's -m argument for one message of PROTO (line, redis, nats) whose payload is
+# PREFIX padded with 'x' to SIZE bytes on the wire; PREFIX_LEN is PREFIX's length on the wire.
+# line: the payload is the whole line, newline included (as ringfan-load's --size); redis and
+# nats: SIZE payload bytes inside the protocol's framing (as ringfan-load). Escapes (\r, \n)
+# are left for tcpkali's -e, as are those of the two functions below.
+publish_message() { # PROTO PREFIX SIZE PREFIX_LEN
+    local p
+    p=$(payload "$2" "$(( $3 + 1 ))" "$4")
+    p=${p%\\n}
+    case "$1" in
+        line) payload "$2" "$3" "$4" ;;
+        redis) printf 'PUBLISH bench %s\\r\\n' "$p" ;;
+        nats) printf 'PUB bench %d\\r\\n%s\\r\\n' "$3" "$p" ;;
+    esac
+}
+# What a subscriber of PROTO sends once on connecting (tcpkali -1), empty for line.
+subscribe_message() {
+    case "$1" in
+        redis) printf '%s' 'SUBSCRIBE bench\r\n' ;;
+        nats) printf '%s' 'CONNECT {"verbose":false}\r\nSUB bench 1\r\n' ;;
+    esac
+}
+# What a publisher of PROTO sends once on connecting, empty for line and redis.
+publisher_hello() { [ "$1" = nats ] && printf '%s' 'CONNECT {"verbose":false}\r\n'; true; }
+# Bytes a subscriber of PROTO receives per message of SIZE (as built by publish_message):
+# redis "*3\r\n$7\r\nmessage\r\n$5\r\nbench\r\n$SIZE\r\n" + payload + "\r\n", nats
+# "MSG bench 1 SIZE\r\n" + payload + "\r\n".
+delivered_bytes() { # PROTO SIZE
+    case "$1" in
+        line) echo "$2" ;;
+        redis) echo $(( 31 + ${#2} + $2 + 2 )) ;;
+        nats) echo $(( 14 + ${#2} + $2 + 2 )) ;;
+    esac
+}
+
 # Server-side TCP states of connections to PORT (local port = PORT) from /proc/net/tcp{,6}:
 # prints "established=E close_wait=C fin_wait2=F fin_wait1=W last_ack=L time_wait=T".
 server_states() {

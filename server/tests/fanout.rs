@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -282,4 +283,100 @@ fn publisher_that_never_reads_is_not_evicted_by_default() {
             "expected {counter} in the summary: {summary}"
         );
     }
+}
+
+/// Subscribers of the fairness test (one worker) and the messages sent to them one at a time.
+const FAIR_SUBSCRIBERS: usize = 64;
+const FAIR_ROUNDS: usize = 24;
+
+/// The order in which one message reached the subscribers, as the kernel saw it: an
+/// edge-triggered epoll lists sockets in the order data arrived on them. Reads every socket
+/// empty, checking it got `line`. Panics past `deadline`.
+fn arrival_order(ep: i32, subs: &mut [Client], line: &[u8], deadline: Instant) -> Vec<usize> {
+    let mut order = Vec::with_capacity(subs.len());
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; subs.len()];
+    while order.len() < subs.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} subscribers got {} in time",
+            order.len(),
+            subs.len(),
+            show(line)
+        );
+        // SAFETY: `events` is a live buffer of `subs.len()` entries, the length passed.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 50) };
+        assert!(n >= 0, "epoll_wait: {}", std::io::Error::last_os_error());
+        for ev in &events[..n as usize] {
+            let i = ev.u64 as usize;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 256];
+            loop {
+                match std::io::Read::read(&mut subs[i].stream, &mut buf) {
+                    Ok(0) => panic!("subscriber {i}: EOF"),
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("subscriber {i}: {e}"),
+                }
+            }
+            assert_bytes_eq(&got, line, &format!("subscriber {i}"));
+            order.push(i);
+        }
+    }
+    order
+}
+
+/// Regression: every message went to the subscribers in the same order (the order they
+/// connected), so the same subscribers always got it last (at N = 5000, ~26 ms after the first).
+/// Each message must now start somewhere else in the list: over 24 messages sent one at a time,
+/// many different subscribers are served first, and many different ones last.
+#[test]
+fn fan_out_order_varies_so_no_subscriber_is_always_last() {
+    if !require_io_uring() {
+        return;
+    }
+    let _g = serial();
+    raise_nofile();
+    let server = Server::start(&[("RINGFAN_THREADS", "1"), ("RINGFAN_ECHO", "0")]);
+    let mut clients = connect_n(server.addr(), FAIR_SUBSCRIBERS + 1);
+    sync_clients_opts(&mut clients, 0, false);
+    let mut publisher = clients.remove(0);
+    // SAFETY: plain syscall; the fd is checked below and closed at the end.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(
+        ep >= 0,
+        "epoll_create1: {}",
+        std::io::Error::last_os_error()
+    );
+    for (i, c) in clients.iter().enumerate() {
+        c.stream.set_nonblocking(true).unwrap();
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: i as u64,
+        };
+        // SAFETY: `ev` is a live epoll_event; the socket stays open until the end of the test.
+        let rc = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c.stream.as_raw_fd(), &mut ev) };
+        assert_eq!(rc, 0, "epoll_ctl: {}", std::io::Error::last_os_error());
+    }
+    let deadline = secs(20);
+    let (mut firsts, mut lasts) = (Vec::new(), Vec::new());
+    for round in 0..FAIR_ROUNDS {
+        let line = format!("order {round}\n").into_bytes();
+        publisher.send(&line);
+        let order = arrival_order(ep, &mut clients, &line, deadline);
+        firsts.push(order[0]);
+        lasts.push(order[FAIR_SUBSCRIBERS - 1]);
+    }
+    // SAFETY: `ep` is our epoll fd, closed once.
+    unsafe { libc::close(ep) };
+    let distinct = |v: &[usize]| v.iter().collect::<std::collections::HashSet<_>>().len();
+    assert!(
+        distinct(&firsts) >= FAIR_ROUNDS / 3 && distinct(&lasts) >= FAIR_ROUNDS / 3,
+        "the same subscribers are served first and last every time: first {firsts:?}, last {lasts:?}"
+    );
+    for c in &clients {
+        c.stream.set_nonblocking(false).unwrap();
+    }
+    clients.insert(0, publisher);
+    close_all_gracefully(clients, "fan-out order");
+    server.assert_clean(0, Duration::from_secs(5), "after all clients closed");
 }

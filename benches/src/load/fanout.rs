@@ -259,7 +259,7 @@ pub fn run(cfg: &Config) -> i32 {
 
     let mut next = 0usize;
     let (fast_ok, fast_failed) = connect_paced(cfg, n_fast, "subscribers", &hello, |s| {
-        receivers[next % receivers.len()].add(s.into_raw_fd());
+        receivers[next % receivers.len()].add(s.into_raw_fd(), next as u32);
         next += 1;
     });
     let conn_failed = slow_failed + fast_failed;
@@ -518,6 +518,7 @@ pub fn run(cfg: &Config) -> i32 {
     } else {
         rep.put("max_us", serde_json::Value::Null);
     }
+    put_per_subscriber(&mut rep, &results);
     rep.put("lost", lost_gaps + lost_tail)
         .put("reordered", reordered)
         .put("malformed", malformed)
@@ -594,6 +595,50 @@ pub fn run(cfg: &Config) -> i32 {
 
 /// The idle scenario: the subscribers are connected and confirmed; hold them for --duration
 /// (progress once a second), then report, with the server's RSS per connection when known.
+/// Subscribers with fewer measured markers than this are left out of the per-subscriber figures
+/// (their p99 would be their maximum).
+const SUB_SAMPLES_MIN: u64 = 20;
+
+/// Per-subscriber latency: how unequal the subscribers are served. `sub_p99_spread` = the
+/// largest per-subscriber p99 over the smallest (1 = every subscriber has the same tail); the
+/// first and last subscriber (in connection order) show whether the server favours the order
+/// in which they connected. Null where no subscriber had `SUB_SAMPLES_MIN` markers.
+fn put_per_subscriber(rep: &mut Report, results: &[recv::RecvResult]) {
+    let mut subs: Vec<recv::SubLatency> = results
+        .iter()
+        .flat_map(|r| r.per_sub.iter().copied())
+        .filter(|s| s.samples >= SUB_SAMPLES_MIN)
+        .collect();
+    subs.sort_by_key(|s| s.order);
+    let p99 = |f: fn(u64, u64) -> u64| subs.iter().map(|s| s.p99_us).reduce(f);
+    let (Some(min), Some(max), Some(first), Some(last)) = (
+        p99(u64::min),
+        p99(u64::max),
+        subs.first().copied(),
+        subs.last().copied(),
+    ) else {
+        for k in [
+            "sub_p99_min_us",
+            "sub_p99_max_us",
+            "sub_p99_spread",
+            "first_sub_p50_us",
+            "first_sub_p99_us",
+            "last_sub_p50_us",
+            "last_sub_p99_us",
+        ] {
+            rep.put(k, serde_json::Value::Null);
+        }
+        return;
+    };
+    rep.put("sub_p99_min_us", min)
+        .put("sub_p99_max_us", max)
+        .put_f("sub_p99_spread", max as f64 / min.max(1) as f64, 2)
+        .put("first_sub_p50_us", first.p50_us)
+        .put("first_sub_p99_us", first.p99_us)
+        .put("last_sub_p50_us", last.p50_us)
+        .put("last_sub_p99_us", last.p99_us);
+}
+
 fn idle_hold(
     cfg: &Config,
     shared: &Shared,

@@ -60,9 +60,27 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("histogram bounds")
 }
 
+/// Per-subscriber latency: microseconds, 2 significant digits, up to 10 minutes (about 10 KiB
+/// per subscriber, so 10000 subscribers fit in 100 MiB).
+fn new_sub_histogram() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, 600_000_000, 2).expect("histogram bounds")
+}
+
+/// One subscriber's own latency percentiles (its measured markers only).
+#[derive(Clone, Copy, Debug)]
+pub struct SubLatency {
+    /// Position in the order subscribers were connected (0 = first).
+    pub order: u32,
+    pub samples: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
 /// What one receiver thread measured.
 pub struct RecvResult {
     pub hist: Histogram<u64>,
+    /// Every subscriber of this thread that received at least one measured marker.
+    pub per_sub: Vec<SubLatency>,
     /// Markers of measured messages received (sent in the measured window, received any time
     /// before the end of the drain).
     pub msgs: u64,
@@ -85,15 +103,16 @@ pub struct RecvResult {
 }
 
 pub struct Receiver {
-    tx: mpsc::Sender<RawFd>,
+    tx: mpsc::Sender<(RawFd, u32)>,
     doorbell: Doorbell,
     join: JoinHandle<RecvResult>,
 }
 
 impl Receiver {
-    /// Hands a connected socket (subscribe command already sent) to this receiver.
-    pub fn add(&self, fd: RawFd) {
-        if self.tx.send(fd).is_ok() {
+    /// Hands a connected socket (subscribe command already sent) to this receiver; `order` is
+    /// its position in the order subscribers were connected.
+    pub fn add(&self, fd: RawFd, order: u32) {
+        if self.tx.send((fd, order)).is_ok() {
             self.doorbell.ring();
         } else {
             // SAFETY: the receiver is gone; we still own the fd.
@@ -114,6 +133,7 @@ impl RecvResult {
     fn failed(error: String) -> Self {
         RecvResult {
             hist: new_histogram(),
+            per_sub: Vec::new(),
             msgs: 0,
             window_msgs: 0,
             lost_gaps: 0,
@@ -134,6 +154,9 @@ impl RecvResult {
 
 struct Conn {
     fd: RawFd,
+    order: u32,
+    /// This subscriber's measured latencies (created on its first measured marker).
+    hist: Option<Histogram<u32>>,
     ready: bool,
     alive: bool,
     hs: Vec<u8>,
@@ -159,7 +182,13 @@ struct Acc {
 
 impl Acc {
     #[inline]
-    fn on_event(&mut self, ev: Event, last: &mut [u64], first_measured: &[AtomicU64]) {
+    fn on_event(
+        &mut self,
+        ev: Event,
+        last: &mut [u64],
+        first_measured: &[AtomicU64],
+        own: &mut Option<Histogram<u32>>,
+    ) {
         let m = match ev {
             Event::Marker(m) => m,
             Event::Malformed => {
@@ -183,7 +212,10 @@ impl Acc {
         let prev = last[p];
         if m.ts >= self.measure_start {
             self.msgs += 1;
-            let _ = self.hist.record(self.now.saturating_sub(m.ts).max(1));
+            let ns = self.now.saturating_sub(m.ts).max(1);
+            let _ = self.hist.record(ns);
+            own.get_or_insert_with(new_sub_histogram)
+                .saturating_record((ns / 1000).max(1));
             if m.seq <= prev {
                 self.reordered += 1;
                 return;
@@ -224,7 +256,7 @@ pub fn spawn(
     conns_hint: usize,
     shared: Arc<Shared>,
 ) -> Result<Receiver, String> {
-    let (tx, rx) = mpsc::channel::<RawFd>();
+    let (tx, rx) = mpsc::channel::<(RawFd, u32)>();
     let (btx, brx) = mpsc::sync_channel::<Result<Doorbell, String>>(1);
     let join = std::thread::Builder::new()
         .name(format!("recv-{index}"))
@@ -253,7 +285,7 @@ pub fn spawn(
 
 fn run(
     drv: &mut Uring,
-    rx: mpsc::Receiver<RawFd>,
+    rx: mpsc::Receiver<(RawFd, u32)>,
     proto: Proto,
     publishers: usize,
     shared: &Shared,
@@ -281,10 +313,12 @@ fn run(
     let mut reported_all = 0u64;
     // Bounded: ends when the orchestrator sets `stop` (it always does), or on a ring error.
     loop {
-        while let Ok(fd) = rx.try_recv() {
+        while let Ok((fd, order)) = rx.try_recv() {
             let slot = conns.len() as u32;
             conns.push(Conn {
                 fd,
+                order,
+                hist: None,
                 ready: false,
                 alive: true,
                 hs: Vec::new(),
@@ -323,11 +357,13 @@ fn run(
                     let last = &mut last[idx * publishers..(idx + 1) * publishers];
                     let fm = &shared.first_measured[..];
                     if conn.ready {
-                        conn.scanner.feed(data, |ev| acc.on_event(ev, last, fm));
+                        conn.scanner
+                            .feed(data, |ev| acc.on_event(ev, last, fm, &mut conn.hist));
                     } else if proto == Proto::Ringfan {
                         conn.ready = true;
                         shared.ready.fetch_add(1, Relaxed);
-                        conn.scanner.feed(data, |ev| acc.on_event(ev, last, fm));
+                        conn.scanner
+                            .feed(data, |ev| acc.on_event(ev, last, fm, &mut conn.hist));
                     } else {
                         conn.hs.extend_from_slice(data);
                         match handshake(proto, &conn.hs) {
@@ -342,8 +378,9 @@ fn run(
                                 conn.ready = true;
                                 shared.ready.fetch_add(1, Relaxed);
                                 let hs = std::mem::take(&mut conn.hs);
-                                conn.scanner
-                                    .feed(&hs[off..], |ev| acc.on_event(ev, last, fm));
+                                conn.scanner.feed(&hs[off..], |ev| {
+                                    acc.on_event(ev, last, fm, &mut conn.hist)
+                                });
                             }
                             Handshake::Failed(line) => {
                                 if shared.hs_failed.fetch_add(1, Relaxed) == 0 {
@@ -413,8 +450,21 @@ fn run(
         }
     }
     let fds: Vec<RawFd> = conns.iter().map(|c| c.fd).collect();
+    let per_sub = conns
+        .iter()
+        .filter_map(|c| {
+            let h = c.hist.as_ref()?;
+            Some(SubLatency {
+                order: c.order,
+                samples: h.len(),
+                p50_us: h.value_at_quantile(0.5),
+                p99_us: h.value_at_quantile(0.99),
+            })
+        })
+        .collect();
     RecvResult {
         hist: acc.hist,
+        per_sub,
         msgs: acc.msgs,
         window_msgs: acc.window,
         lost_gaps: acc.lost,

@@ -98,6 +98,8 @@ pub struct Worker<D: Driver> {
     next_metrics_publish: Instant,
     next_latency_sample: Instant,
     latency_rr: usize,
+    /// Counts fan-outs; each starts at a different subscriber (see `fan_out_order`).
+    fan_outs: u32,
 }
 
 impl<D: Driver> Worker<D> {
@@ -157,6 +159,7 @@ impl<D: Driver> Worker<D> {
             next_metrics_publish: Instant::now(),
             next_latency_sample: Instant::now(),
             latency_rr: 0,
+            fan_outs: 0,
         }
     }
 
