@@ -23,6 +23,8 @@ use crate::{EXIT_DRIVER_SETUP, EXIT_NO_IO_URING, EXIT_WORKER_FAILED};
 /// How often the main thread looks for a worker that stopped: a failure ends the process
 /// within about this long.
 const WORKER_POLL: Duration = Duration::from_millis(100);
+/// The same while draining, shorter: the process should exit as soon as the last worker is done.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 type Error = Box<dyn std::error::Error>;
 
@@ -275,7 +277,7 @@ fn drain(
     total: &mut Stats,
 ) -> Option<ExitCode> {
     loop {
-        if let Some(sig) = wait_signal(signals, WORKER_POLL) {
+        if let Some(sig) = wait_signal(signals, DRAIN_POLL) {
             tracing::warn!(
                 "received {} again: exiting without waiting for connections",
                 signal_name(sig)

@@ -87,7 +87,7 @@ fn refused_client_that_already_sent_data_gets_the_line_then_eof_not_a_reset() {
         return;
     }
     let _g = serial();
-    let server = Server::start(&[("RINGFAN_MAX_CONNECTIONS", "1")]);
+    let server = Server::start(&[("RINGFAN_MAX_CONNECTIONS", "1"), ("RINGFAN_ECHO", "1")]);
     let mut held = connect_n(server.addr(), 1);
     sync_clients(&mut held, 0);
     // Stopped, the server accepts nothing: the kernel completes the handshake and queues the
