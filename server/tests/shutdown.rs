@@ -186,6 +186,7 @@ fn sigterm_exits_once_every_byte_is_acknowledged_without_waiting_for_fins() {
         server.describe()
     );
     assert!(status.unwrap().success(), "exit status: {status:?}");
+    eprintln!("shutdown: exited {exit_after_last_eof:?} after the last subscriber read its EOF");
     // Generous for a loaded machine; the old behaviour took the whole close timeout (5 s).
     assert!(
         exit_after_last_eof < Duration::from_millis(2500),

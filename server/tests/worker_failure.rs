@@ -34,6 +34,7 @@ fn a_worker_error_ends_the_process_with_status_5_within_a_second() {
         server.describe()
     );
     let late = due.elapsed();
+    eprintln!("worker error: process exited {late:?} after the fault was due");
     assert!(
         late < Duration::from_millis(1500),
         "exited {late:?} after the worker failed"
