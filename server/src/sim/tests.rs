@@ -15,7 +15,7 @@ use super::net::FD_BASE;
 use super::peer::{Peer, PeerState};
 use super::rng::Rng;
 use super::trace::{Cov, Trace, COV_NAMES};
-use super::{env_u64, run_many, Opts, Sim};
+use super::{env_u64, run_many, run_seed, Opts, Sim};
 
 /// Seeds per CI run (release); debug builds run fewer. `RINGFAN_SIM_SEEDS` overrides.
 const SEEDS_RELEASE: u64 = 10_000;
@@ -53,7 +53,11 @@ fn seeds() {
     let started = Instant::now();
     let (cov, failures) = run_many(base..base + count, Opts::default());
     if let Some(f) = failures.first() {
-        panic!("{f}");
+        panic!(
+            "{f}\n  once fixed, keep it: add ({}, \"what it found\") to REGRESSION_SEEDS in {}",
+            f.seed,
+            file!()
+        );
     }
     println!(
         "{count} seeds, {} steps, {} turns in {:.1?}: {cov}",
@@ -69,6 +73,26 @@ fn seeds() {
             if i != Cov::stale_completions as usize {
                 assert!(cov.0[i] > 0, "no run covered {name}: {cov}");
             }
+        }
+    }
+}
+
+/// Every seed that ever failed, with what it found, run on every test run so that its bug stays
+/// fixed even when the sweep's range or the seed count changes (a seed found by a soak with
+/// `RINGFAN_SIM_SEED_BASE` lies outside the default sweep). When a seed fails: replay it
+/// (`RINGFAN_SIM_SEED`), fix the bug, add `(seed, "what broke")` here.
+///
+/// Empty so far: no failed seed was recorded in the history of the simulated ring (its commit
+/// messages and diffs name none). A seed names a scenario only while the simulation draws its
+/// random numbers in the same order: after a change that adds or moves a draw, check with
+/// `RINGFAN_SIM_TRACE=1` that each seed here still reaches the path it was kept for.
+const REGRESSION_SEEDS: &[(u64, &str)] = &[];
+
+#[test]
+fn regression_seeds() {
+    for &(seed, what) in REGRESSION_SEEDS {
+        if let Err(f) = run_seed(seed, Opts::default()) {
+            panic!("regression seed {seed} ({what}) fails again:\n{f}");
         }
     }
 }
