@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::{Counter, Gauge, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Gauge, Histogram, KeyName, Label, SharedString, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::lifecycle::CloseReason;
 use crate::stats::{Census, Stats};
@@ -29,13 +31,7 @@ const LATENCY_BUCKETS_SECONDS: &[f64] = &[
 
 /// Installs the recorder and starts serving `/metrics` on `addr`. Returns the bound address.
 pub fn install(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("ringfan_fanout_latency_seconds".into()),
-            LATENCY_BUCKETS_SECONDS,
-        )
-        .map_err(|e| std::io::Error::other(e.to_string()))?
-        .build_recorder();
+    let recorder = recorder()?;
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| std::io::Error::other(e.to_string()))?;
     describe();
@@ -45,6 +41,17 @@ pub fn install(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         .name("ringfan-metrics".into())
         .spawn(move || serve(listener, handle))?;
     Ok(bound)
+}
+
+/// The recorder, with the fan-out latency histogram's buckets.
+fn recorder() -> std::io::Result<PrometheusRecorder> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(FANOUT_LATENCY.into()),
+            LATENCY_BUCKETS_SECONDS,
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .build_recorder())
 }
 
 /// Time one scrape connection gets for reading its request and writing the response, in total.
@@ -148,196 +155,245 @@ fn respond(mut s: TcpStream, handle: &PrometheusHandle, deadline: Instant) -> st
     Ok(())
 }
 
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        "ringfan_connections_accepted_total",
-        "Connections accepted."
-    );
-    describe_counter!(
-        "ringfan_connections_refused_total",
-        "Connections refused, by reason (limit, emfile)."
-    );
-    describe_counter!(
-        "ringfan_connections_closed_total",
-        "Connections closed, by the reason their subscription ended."
-    );
-    describe_counter!(
-        "ringfan_connections_aborted_total",
-        "Connections closed abortively (RST)."
-    );
-    describe_counter!(
-        "ringfan_close_timeouts_total",
-        "Connections whose flush or FIN did not come within RINGFAN_CLOSE_TIMEOUT_MS."
-    );
-    describe_gauge!(
-        "ringfan_connections_open",
-        "Connections held (accepted, not yet closed)."
-    );
-    describe_gauge!(
-        "ringfan_connections_closing",
-        "Connections in each close state."
-    );
-    describe_counter!(
-        "ringfan_messages_published_total",
-        "Lines received from publishers."
-    );
-    describe_counter!(
-        "ringfan_messages_delivered_total",
-        "Lines queued to subscribers (one per subscriber)."
-    );
-    describe_counter!(
-        "ringfan_messages_dropped_total",
-        "Lines not queued to a subscriber over its limit under the drop policy."
-    );
-    describe_counter!(
-        "ringfan_bytes_received_total",
-        Unit::Bytes,
-        "Bytes received."
-    );
-    describe_counter!("ringfan_bytes_sent_total", Unit::Bytes, "Bytes sent.");
-    describe_counter!(
-        "ringfan_bytes_discarded_total",
-        Unit::Bytes,
-        "Bytes received and not published (closing connections)."
-    );
-    describe_counter!(
-        "ringfan_bytes_lost_total",
-        Unit::Bytes,
-        "Queued bytes never sent because a connection was reset."
-    );
-    describe_gauge!(
-        "ringfan_send_queue_bytes",
-        Unit::Bytes,
-        "Bytes queued for sending, all connections."
-    );
-    describe_gauge!(
-        "ringfan_send_queue_largest_bytes",
-        Unit::Bytes,
-        "The largest single connection's send queue."
-    );
-    describe_counter!(
-        "ringfan_recv_enobufs_total",
-        "Receives that ended because the provided-buffer ring was empty."
-    );
-    describe_counter!(
-        "ringfan_stale_completions_total",
-        "Completions dropped because their connection was already freed."
-    );
-    describe_counter!(
-        "ringfan_sq_full_total",
-        "Times the submission queue was full and flushed."
-    );
-    describe_counter!(
-        "ringfan_cq_overflow_total",
-        "Times the completion queue overflowed."
-    );
-    describe_counter!("ringfan_protocol_errors_total", "Over-long lines.");
-    describe_counter!(
-        "ringfan_unexpected_errors_total",
-        "Operation errors with no planned handling (logged)."
-    );
-    describe_histogram!(
-        "ringfan_fanout_latency_seconds",
-        Unit::Seconds,
-        "Sampled: a line's arrival to the completion of the send that delivered it."
-    );
+/// The fan-out latency histogram's name (its buckets are set at install).
+const FANOUT_LATENCY: &str = "ringfan_fanout_latency_seconds";
+
+/// Connections by reason, one series per [`CloseReason`].
+type ByReason = [u64; CloseReason::ALL.len()];
+
+/// Reads one counter of a worker's [`Stats`].
+type StatsField = fn(&Stats) -> u64;
+/// Reads one value of a worker's [`Census`].
+type CensusValue = fn(&Census) -> usize;
+
+/// Where a metric's values come from; this also fixes its kind (counter, gauge, histogram).
+pub enum Feed {
+    /// A counter copied from a [`Stats`] field.
+    Counter(StatsField),
+    /// One counter per value of the label, each copied from its [`Stats`] field.
+    CounterBy(&'static str, &'static [(&'static str, StatsField)]),
+    /// One counter per [`CloseReason`] (label `reason`), from a by-reason [`Stats`] array.
+    CounterByReason(fn(&Stats) -> &ByReason),
+    /// A gauge copied from a [`Census`] value.
+    Gauge(CensusValue),
+    /// One gauge per value of the label, each copied from its [`Census`] value.
+    GaugeBy(&'static str, &'static [(&'static str, CensusValue)]),
+    /// Recorded by the worker itself ([`WorkerMetrics::latency`]), not copied.
+    Histogram,
 }
 
-/// One worker's metric handles, registered once.
+/// One metric: its name, unit, help text and feed. [`describe`], the series a worker registers
+/// and publishes, and the README's metrics table all come from [`METRICS`], so a counter is one
+/// row here plus its `Stats` field.
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+    pub feed: Feed,
+}
+
+impl Metric {
+    /// "counter", "gauge" or "histogram", as Prometheus names the type.
+    pub fn kind(&self) -> &'static str {
+        match self.feed {
+            Feed::Counter(_) | Feed::CounterBy(..) | Feed::CounterByReason(_) => "counter",
+            Feed::Gauge(_) | Feed::GaugeBy(..) => "gauge",
+            Feed::Histogram => "histogram",
+        }
+    }
+
+    /// The label besides `worker` and its values, if the metric has one.
+    pub fn label(&self) -> Option<(&'static str, Vec<&'static str>)> {
+        fn names<F>(values: &[(&'static str, F)]) -> Vec<&'static str> {
+            values.iter().map(|(name, _)| *name).collect()
+        }
+        match self.feed {
+            Feed::CounterBy(label, values) => Some((label, names(values))),
+            Feed::GaugeBy(label, values) => Some((label, names(values))),
+            Feed::CounterByReason(_) => Some((
+                "reason",
+                CloseReason::ALL.iter().map(|r| r.name()).collect(),
+            )),
+            Feed::Counter(_) | Feed::Gauge(_) | Feed::Histogram => None,
+        }
+    }
+}
+
+#[rustfmt::skip] // One row per metric reads better than rustfmt's vertical layout.
+pub const METRICS: &[Metric] = &[
+    Metric { name: "ringfan_connections_accepted_total", unit: None, help: "Connections accepted.",
+        feed: Feed::Counter(|s| s.accepted) },
+    Metric { name: "ringfan_connections_refused_total", unit: None, help: "Connections refused, by reason (limit, emfile).",
+        feed: Feed::CounterBy("reason", &[("limit", |s| s.refused_limit), ("emfile", |s| s.refused_emfile)]) },
+    Metric { name: "ringfan_connections_closed_total", unit: None, help: "Connections closed, by the reason their subscription ended.",
+        feed: Feed::CounterByReason(|s| &s.closed) },
+    Metric { name: "ringfan_connections_aborted_total", unit: None, help: "Connections closed abortively (RST).",
+        feed: Feed::Counter(|s| s.aborted) },
+    Metric { name: "ringfan_close_timeouts_total", unit: None,
+        help: "Connections whose flush or FIN did not come within RINGFAN_CLOSE_TIMEOUT_MS.",
+        feed: Feed::Counter(|s| s.close_timeouts) },
+    Metric { name: "ringfan_connections_open", unit: None, help: "Connections held (accepted, not yet closed).",
+        feed: Feed::Gauge(|c| c.open) },
+    Metric { name: "ringfan_connections_closing", unit: None, help: "Connections in each close state.",
+        feed: Feed::GaugeBy("state", &[("draining", |c| c.draining), ("shutdown_sent", |c| c.shutdown_sent),
+            ("awaiting_fin", |c| c.awaiting_fin)]) },
+    Metric { name: "ringfan_messages_published_total", unit: None, help: "Lines received from publishers.",
+        feed: Feed::Counter(|s| s.messages_in) },
+    Metric { name: "ringfan_messages_delivered_total", unit: None, help: "Lines queued to subscribers (one per subscriber).",
+        feed: Feed::Counter(|s| s.messages_out) },
+    Metric { name: "ringfan_messages_dropped_total", unit: None,
+        help: "Lines not queued to a subscriber over its limit under the drop policy.",
+        feed: Feed::Counter(|s| s.messages_dropped) },
+    Metric { name: "ringfan_bytes_received_total", unit: Some(Unit::Bytes), help: "Bytes received.",
+        feed: Feed::Counter(|s| s.bytes_in) },
+    Metric { name: "ringfan_bytes_sent_total", unit: Some(Unit::Bytes), help: "Bytes sent.",
+        feed: Feed::Counter(|s| s.bytes_out) },
+    Metric { name: "ringfan_bytes_discarded_total", unit: Some(Unit::Bytes),
+        help: "Bytes received and not published (closing connections).",
+        feed: Feed::Counter(|s| s.bytes_discarded) },
+    Metric { name: "ringfan_bytes_lost_total", unit: Some(Unit::Bytes),
+        help: "Queued bytes never sent because a connection was reset.",
+        feed: Feed::Counter(|s| s.lost_bytes) },
+    Metric { name: "ringfan_send_queue_bytes", unit: Some(Unit::Bytes), help: "Bytes queued for sending, all connections.",
+        feed: Feed::Gauge(|c| c.queued_bytes) },
+    Metric { name: "ringfan_send_queue_largest_bytes", unit: Some(Unit::Bytes), help: "The largest single connection's send queue.",
+        feed: Feed::Gauge(|c| c.largest_queue_bytes) },
+    Metric { name: "ringfan_recv_enobufs_total", unit: None,
+        help: "Receives that ended because the provided-buffer ring was empty.",
+        feed: Feed::Counter(|s| s.recv_enobufs) },
+    Metric { name: "ringfan_stale_completions_total", unit: None,
+        help: "Completions dropped because their connection was already freed.",
+        feed: Feed::Counter(|s| s.stale_completions) },
+    Metric { name: "ringfan_sq_full_total", unit: None, help: "Times the submission queue was full and flushed.",
+        feed: Feed::Counter(|s| s.driver.sq_full) },
+    Metric { name: "ringfan_cq_overflow_total", unit: None, help: "Times the completion queue overflowed.",
+        feed: Feed::Counter(|s| s.driver.cq_overflow) },
+    Metric { name: "ringfan_protocol_errors_total", unit: None, help: "Over-long lines.",
+        feed: Feed::Counter(|s| s.protocol_errors) },
+    Metric { name: "ringfan_unexpected_errors_total", unit: None,
+        help: "Operation errors with no planned handling (logged).",
+        feed: Feed::Counter(|s| s.unexpected_errors) },
+    Metric { name: FANOUT_LATENCY, unit: Some(Unit::Seconds),
+        help: "Sampled: a line's arrival to the completion of the send that delivered it.",
+        feed: Feed::Histogram },
+];
+
+/// Gives every metric of [`METRICS`] its help text and unit.
+fn describe() {
+    metrics::with_recorder(|r| {
+        for m in METRICS {
+            let (name, help) = (KeyName::from(m.name), SharedString::from(m.help));
+            match m.kind() {
+                "counter" => r.describe_counter(name, m.unit, help),
+                "gauge" => r.describe_gauge(name, m.unit, help),
+                _ => r.describe_histogram(name, m.unit, help),
+            }
+        }
+    });
+}
+
+/// The README's metrics table (between its `<!-- metrics-table -->` markers).
+pub fn markdown_table() -> String {
+    let mut s = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for m in METRICS {
+        let labels = match m.label() {
+            Some((label, values)) => format!("`{label}`: `{}`", values.join("`, `")),
+            None => String::new(),
+        };
+        s.push_str(&format!(
+            "| `{}` | {} | {labels} | {} |\n",
+            m.name,
+            m.kind(),
+            m.help.replace('|', "\\|")
+        ));
+    }
+    s
+}
+
+/// One registered series and where its value comes from.
+enum Series {
+    Counter(Counter, StatsField),
+    ByReason(Counter, fn(&Stats) -> &ByReason, usize),
+    Gauge(Gauge, CensusValue),
+}
+
+/// One worker's metric handles, registered once from [`METRICS`].
 pub struct WorkerMetrics {
-    accepted: Counter,
-    refused_limit: Counter,
-    refused_emfile: Counter,
-    closed: Vec<Counter>,
-    aborted: Counter,
-    close_timeouts: Counter,
-    open: Gauge,
-    closing: [Gauge; 3],
-    published: Counter,
-    delivered: Counter,
-    dropped: Counter,
-    bytes_in: Counter,
-    bytes_out: Counter,
-    bytes_discarded: Counter,
-    bytes_lost: Counter,
-    queue_bytes: Gauge,
-    queue_largest: Gauge,
-    enobufs: Counter,
-    stale: Counter,
-    sq_full: Counter,
-    cq_overflow: Counter,
-    protocol_errors: Counter,
-    unexpected: Counter,
+    series: Vec<Series>,
     pub latency: Histogram,
 }
 
 impl WorkerMetrics {
     pub fn new(worker: usize) -> Self {
-        let w = worker.to_string();
-        let c = |name: &'static str| metrics::counter!(name, "worker" => w.clone());
-        let g = |name: &'static str| metrics::gauge!(name, "worker" => w.clone());
+        let labels = |extra: Option<(&'static str, &'static str)>| {
+            let mut l = vec![Label::new("worker", worker.to_string())];
+            l.extend(extra.map(|(k, v)| Label::new(k, v)));
+            l
+        };
+        let mut series = Vec::new();
+        let mut latency = None;
+        for m in METRICS {
+            let name = m.name;
+            match m.feed {
+                Feed::Counter(f) => {
+                    series.push(Series::Counter(metrics::counter!(name, labels(None)), f))
+                }
+                Feed::CounterBy(label, values) => series.extend(values.iter().map(|&(v, f)| {
+                    Series::Counter(metrics::counter!(name, labels(Some((label, v)))), f)
+                })),
+                Feed::CounterByReason(f) => series.extend(CloseReason::ALL.iter().map(|&r| {
+                    let labels = labels(Some(("reason", r.name())));
+                    Series::ByReason(metrics::counter!(name, labels), f, r as usize)
+                })),
+                Feed::Gauge(f) => {
+                    series.push(Series::Gauge(metrics::gauge!(name, labels(None)), f))
+                }
+                Feed::GaugeBy(label, values) => series.extend(values.iter().map(|&(v, f)| {
+                    Series::Gauge(metrics::gauge!(name, labels(Some((label, v)))), f)
+                })),
+                Feed::Histogram => latency = Some(metrics::histogram!(name, labels(None))),
+            }
+        }
         WorkerMetrics {
-            accepted: c("ringfan_connections_accepted_total"),
-            refused_limit: metrics::counter!("ringfan_connections_refused_total", "worker" => w.clone(), "reason" => "limit"),
-            refused_emfile: metrics::counter!("ringfan_connections_refused_total", "worker" => w.clone(), "reason" => "emfile"),
-            closed: CloseReason::ALL
-                .iter()
-                .map(|r| metrics::counter!("ringfan_connections_closed_total", "worker" => w.clone(), "reason" => r.name()))
-                .collect(),
-            aborted: c("ringfan_connections_aborted_total"),
-            close_timeouts: c("ringfan_close_timeouts_total"),
-            open: g("ringfan_connections_open"),
-            closing: ["draining", "shutdown_sent", "awaiting_fin"]
-                .map(|s| metrics::gauge!("ringfan_connections_closing", "worker" => w.clone(), "state" => s)),
-            published: c("ringfan_messages_published_total"),
-            delivered: c("ringfan_messages_delivered_total"),
-            dropped: c("ringfan_messages_dropped_total"),
-            bytes_in: c("ringfan_bytes_received_total"),
-            bytes_out: c("ringfan_bytes_sent_total"),
-            bytes_discarded: c("ringfan_bytes_discarded_total"),
-            bytes_lost: c("ringfan_bytes_lost_total"),
-            queue_bytes: g("ringfan_send_queue_bytes"),
-            queue_largest: g("ringfan_send_queue_largest_bytes"),
-            enobufs: c("ringfan_recv_enobufs_total"),
-            stale: c("ringfan_stale_completions_total"),
-            sq_full: c("ringfan_sq_full_total"),
-            cq_overflow: c("ringfan_cq_overflow_total"),
-            protocol_errors: c("ringfan_protocol_errors_total"),
-            unexpected: c("ringfan_unexpected_errors_total"),
-            latency: metrics::histogram!("ringfan_fanout_latency_seconds", "worker" => w.clone()),
+            series,
+            latency: latency.expect("METRICS has the fan-out latency histogram"),
         }
     }
 
     /// Copies the worker's counters and a census of its connections into the recorder.
     pub fn publish(&self, s: &Stats, census: &Census) {
-        self.accepted.absolute(s.accepted);
-        self.refused_limit.absolute(s.refused_limit);
-        self.refused_emfile.absolute(s.refused_emfile);
-        for (counter, v) in self.closed.iter().zip(s.closed) {
-            counter.absolute(v);
+        for series in &self.series {
+            match series {
+                Series::Counter(c, f) => c.absolute(f(s)),
+                Series::ByReason(c, f, i) => c.absolute(f(s)[*i]),
+                Series::Gauge(g, f) => g.set(f(census) as f64),
+            }
         }
-        self.aborted.absolute(s.aborted);
-        self.close_timeouts.absolute(s.close_timeouts);
-        self.published.absolute(s.messages_in);
-        self.delivered.absolute(s.messages_out);
-        self.dropped.absolute(s.messages_dropped);
-        self.bytes_in.absolute(s.bytes_in);
-        self.bytes_out.absolute(s.bytes_out);
-        self.bytes_discarded.absolute(s.bytes_discarded);
-        self.bytes_lost.absolute(s.lost_bytes);
-        self.enobufs.absolute(s.recv_enobufs);
-        self.stale.absolute(s.stale_completions);
-        self.sq_full.absolute(s.driver.sq_full);
-        self.cq_overflow.absolute(s.driver.cq_overflow);
-        self.protocol_errors.absolute(s.protocol_errors);
-        self.unexpected.absolute(s.unexpected_errors);
-        let closing = [census.draining, census.shutdown_sent, census.awaiting_fin];
-        self.open.set(census.open as f64);
-        for (g, v) in self.closing.iter().zip(closing) {
-            g.set(v as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_are_unique_and_in_the_style() {
+        let mut names: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
+        for m in METRICS {
+            assert!(m.name.starts_with("ringfan_"), "{}", m.name);
+            assert_eq!(
+                m.kind() == "counter",
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
         }
-        self.queue_bytes.set(census.queued_bytes as f64);
-        self.queue_largest.set(census.largest_queue_bytes as f64);
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            METRICS.len(),
+            "a metric name is in METRICS twice"
+        );
     }
 }
