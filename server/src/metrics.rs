@@ -225,13 +225,25 @@ pub const METRICS: &[Metric] = &[
         feed: Feed::Counter(|s| s.accepted) },
     Metric { name: "ringfan_connections_refused_total", unit: None, help: "Connections refused, by reason (limit, emfile).",
         feed: Feed::CounterBy("reason", &[("limit", |s| s.refused_limit), ("emfile", |s| s.refused_emfile)]) },
+    Metric { name: "ringfan_accept_emfile_total", unit: None,
+        help: "Times accept ran out of file descriptors (EMFILE/ENFILE) and refused what was waiting.",
+        feed: Feed::Counter(|s| s.accept_emfile) },
     Metric { name: "ringfan_connections_closed_total", unit: None, help: "Connections closed, by the reason their subscription ended.",
         feed: Feed::CounterByReason(|s| &s.closed) },
+    Metric { name: "ringfan_subscriptions_ended_total", unit: None,
+        help: "Subscriptions ended, by reason, counted when the connection starts closing (closed_total counts when it is freed).",
+        feed: Feed::CounterByReason(|s| &s.unsubscribed) },
     Metric { name: "ringfan_connections_aborted_total", unit: None, help: "Connections closed abortively (RST).",
         feed: Feed::Counter(|s| s.aborted) },
     Metric { name: "ringfan_close_timeouts_total", unit: None,
         help: "Connections whose flush or FIN did not come within RINGFAN_CLOSE_TIMEOUT_MS.",
         feed: Feed::Counter(|s| s.close_timeouts) },
+    Metric { name: "ringfan_shutdown_delivered_total", unit: None,
+        help: "Connections closed at shutdown once their peer had acknowledged everything.",
+        feed: Feed::Counter(|s| s.shutdown_delivered) },
+    Metric { name: "ringfan_shutdown_aborted_total", unit: None,
+        help: "Connections reset at shutdown because RINGFAN_SHUTDOWN_TIMEOUT_MS passed.",
+        feed: Feed::Counter(|s| s.shutdown_aborted) },
     Metric { name: "ringfan_connections_open", unit: None, help: "Connections held (accepted, not yet closed).",
         feed: Feed::Gauge(|c| c.open) },
     Metric { name: "ringfan_connections_closing", unit: None, help: "Connections in each close state.",
@@ -244,6 +256,12 @@ pub const METRICS: &[Metric] = &[
     Metric { name: "ringfan_messages_dropped_total", unit: None,
         help: "Lines not queued to a subscriber over its limit under the drop policy.",
         feed: Feed::Counter(|s| s.messages_dropped) },
+    Metric { name: "ringfan_subscribers_evicted_total", unit: None,
+        help: "Subscribers evicted as slow consumers (disconnect policy).",
+        feed: Feed::Counter(|s| s.evicted_slow) },
+    Metric { name: "ringfan_slow_consumer_timeouts_total", unit: None,
+        help: "Lines refused to a subscriber under its byte limit whose queue had not drained for RINGFAN_SLOW_CONSUMER_TIMEOUT_MS.",
+        feed: Feed::Counter(|s| s.slow_timeouts) },
     Metric { name: "ringfan_bytes_received_total", unit: Some(Unit::Bytes), help: "Bytes received.",
         feed: Feed::Counter(|s| s.bytes_in) },
     Metric { name: "ringfan_bytes_sent_total", unit: Some(Unit::Bytes), help: "Bytes sent.",
@@ -251,6 +269,9 @@ pub const METRICS: &[Metric] = &[
     Metric { name: "ringfan_bytes_discarded_total", unit: Some(Unit::Bytes),
         help: "Bytes received and not published (closing connections).",
         feed: Feed::Counter(|s| s.bytes_discarded) },
+    Metric { name: "ringfan_subscriber_bytes_discarded_total", unit: Some(Unit::Bytes),
+        help: "Bytes sent by connections that may not publish (RINGFAN_PUBLISH_LISTEN), discarded.",
+        feed: Feed::Counter(|s| s.subscriber_bytes_discarded) },
     Metric { name: "ringfan_bytes_lost_total", unit: Some(Unit::Bytes),
         help: "Queued bytes never sent because a connection was reset.",
         feed: Feed::Counter(|s| s.lost_bytes) },
@@ -258,9 +279,21 @@ pub const METRICS: &[Metric] = &[
         feed: Feed::Gauge(|c| c.queued_bytes) },
     Metric { name: "ringfan_send_queue_largest_bytes", unit: Some(Unit::Bytes), help: "The largest single connection's send queue.",
         feed: Feed::Gauge(|c| c.largest_queue_bytes) },
+    Metric { name: "ringfan_send_retries_total", unit: None,
+        help: "Sends retried after a back-off because the kernel was short of memory.",
+        feed: Feed::Counter(|s| s.send_retries) },
     Metric { name: "ringfan_recv_enobufs_total", unit: None,
         help: "Receives that ended because the provided-buffer ring was empty.",
         feed: Feed::Counter(|s| s.recv_enobufs) },
+    Metric { name: "ringfan_recv_paused_total", unit: None,
+        help: "Receives cancelled to stop reading a publisher far ahead of its read budget (re-armed when it is caught up).",
+        feed: Feed::Counter(|s| s.recv_paused) },
+    Metric { name: "ringfan_backpressure_turns_total", unit: None,
+        help: "Loop turns that took no input because another worker's inbox was over its limit.",
+        feed: Feed::Counter(|s| s.backpressure_turns) },
+    Metric { name: "ringfan_stalled_turns_total", unit: None,
+        help: "Loop turns that took no input because a subscriber was draining a large queue.",
+        feed: Feed::Counter(|s| s.stalled_turns) },
     Metric { name: "ringfan_stale_completions_total", unit: None,
         help: "Completions dropped because their connection was already freed.",
         feed: Feed::Counter(|s| s.stale_completions) },
@@ -268,13 +301,16 @@ pub const METRICS: &[Metric] = &[
         feed: Feed::Counter(|s| s.driver.sq_full) },
     Metric { name: "ringfan_cq_overflow_total", unit: None, help: "Times the completion queue overflowed.",
         feed: Feed::Counter(|s| s.driver.cq_overflow) },
+    Metric { name: "ringfan_enter_retries_total", unit: None,
+        help: "Waits or submission flushes interrupted (EINTR, EBUSY, EAGAIN) and retried.",
+        feed: Feed::Counter(|s| s.driver.enter_retries) },
     Metric { name: "ringfan_protocol_errors_total", unit: None, help: "Over-long lines.",
         feed: Feed::Counter(|s| s.protocol_errors) },
     Metric { name: "ringfan_unexpected_errors_total", unit: None,
         help: "Operation errors with no planned handling (logged).",
         feed: Feed::Counter(|s| s.unexpected_errors) },
     Metric { name: FANOUT_LATENCY, unit: Some(Unit::Seconds),
-        help: "Sampled: a line's arrival to the completion of the send that delivered it.",
+        help: "Sampled (about once per ms per worker): a line's arrival to the completion of the send that delivered it.",
         feed: Feed::Histogram },
 ];
 
@@ -375,6 +411,139 @@ impl WorkerMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Stats whose every counter holds a different value (1, 2, 3, ...).
+    fn distinct_stats() -> Stats {
+        let mut s = Stats::default();
+        let scalars = [
+            &mut s.accepted,
+            &mut s.aborted,
+            &mut s.close_timeouts,
+            &mut s.shutdown_aborted,
+            &mut s.shutdown_delivered,
+            &mut s.lost_bytes,
+            &mut s.stale_completions,
+            &mut s.bytes_in,
+            &mut s.bytes_out,
+            &mut s.bytes_discarded,
+            &mut s.messages_in,
+            &mut s.messages_out,
+            &mut s.protocol_errors,
+            &mut s.evicted_slow,
+            &mut s.recv_enobufs,
+            &mut s.recv_paused,
+            &mut s.backpressure_turns,
+            &mut s.stalled_turns,
+            &mut s.accept_emfile,
+            &mut s.refused_limit,
+            &mut s.refused_emfile,
+            &mut s.subscriber_bytes_discarded,
+            &mut s.slow_timeouts,
+            &mut s.messages_dropped,
+            &mut s.send_retries,
+            &mut s.unexpected_errors,
+            &mut s.driver.sq_full,
+            &mut s.driver.cq_overflow,
+            &mut s.driver.enter_retries,
+        ];
+        for (i, field) in scalars.into_iter().enumerate() {
+            *field = 1 + i as u64;
+        }
+        for (i, (c, u)) in s.closed.iter_mut().zip(&mut s.unsubscribed).enumerate() {
+            (*c, *u) = (100 + i as u64, 200 + i as u64);
+        }
+        s
+    }
+
+    /// Series name (with its labels but `worker`) and value, from a Prometheus text rendering.
+    fn series(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter(|l| l.starts_with("ringfan_") && !l.contains("latency"))
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                let series = series
+                    .replace("worker=\"3\",", "")
+                    .replace("{worker=\"3\"}", "");
+                (series.replace("{worker=\"3\"", "{"), value.to_string())
+            })
+            .collect()
+    }
+
+    /// Every counter of `Stats` (as its `Display` lists them) is published as exactly one series
+    /// carrying its value, every census value as one gauge, and every row of METRICS is described
+    /// with its type and help: the table and the counters cannot drift apart.
+    #[test]
+    fn every_counter_is_published_once_with_its_value_and_described() {
+        let recorder = recorder().unwrap();
+        let handle = recorder.handle();
+        let m = metrics::with_local_recorder(&recorder, || {
+            describe();
+            WorkerMetrics::new(3)
+        });
+        let stats = distinct_stats();
+        let census = Census {
+            open: 1001,
+            draining: 1002,
+            shutdown_sent: 1003,
+            awaiting_fin: 1004,
+            queued_bytes: 1005,
+            largest_queue_bytes: 1006,
+        };
+        m.publish(&stats, &census);
+        m.latency.record(0.001);
+        let text = handle.render();
+        for row in METRICS {
+            let (kind, help) = (row.kind(), row.help);
+            assert!(
+                text.contains(&format!("# TYPE {} {kind}\n", row.name)),
+                "{}",
+                row.name
+            );
+            assert!(
+                text.contains(&format!("# HELP {} {help}\n", row.name)),
+                "{}",
+                row.name
+            );
+        }
+        let published = series(&text);
+        let mut values: Vec<u64> = published
+            .iter()
+            .map(|(_, v)| v.parse::<f64>().unwrap() as u64)
+            .collect();
+        values.sort();
+        let shown = stats.to_string();
+        let mut expected: Vec<u64> = shown
+            .split(' ')
+            .map(|kv| kv.split_once('=').unwrap().1.parse().unwrap())
+            .chain(1001..=1006)
+            .collect();
+        expected.sort();
+        assert_eq!(values, expected, "Stats: {shown}\nseries: {published:?}");
+        // A few by name, so a row cannot read the wrong field.
+        for (name, value) in [
+            ("ringfan_connections_refused_total{reason=\"emfile\"}", "21"),
+            (
+                "ringfan_connections_closed_total{reason=\"peer_reset\"}",
+                "101",
+            ),
+            (
+                "ringfan_subscriptions_ended_total{reason=\"peer_fin\"}",
+                "200",
+            ),
+            ("ringfan_shutdown_aborted_total", "4"),
+            ("ringfan_send_retries_total", "25"),
+            ("ringfan_enter_retries_total", "29"),
+            (
+                "ringfan_connections_closing{state=\"awaiting_fin\"}",
+                "1004",
+            ),
+        ] {
+            assert!(
+                published.contains(&(name.to_string(), value.to_string())),
+                "{name} {value} not in {published:?}"
+            );
+        }
+    }
 
     #[test]
     fn metric_names_are_unique_and_in_the_style() {
