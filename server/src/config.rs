@@ -1,7 +1,8 @@
 //! Configuration from `RINGFAN_*` environment variables.
 //!
-//! One table ([`VARS`]) drives parsing, `--help` and the typo guard, so a variable cannot be
-//! added to one and forgotten in the others.
+//! One table ([`VARS`]) is the single source of every variable's parsing, default, accepted
+//! values, `--help` row, README row ([`markdown_table`]) and the typo guard, so a variable is
+//! added in one place and cannot drift between them.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -127,39 +128,413 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-struct Var {
-    name: &'static str,
-    /// The default as shown by `--help`.
-    default: &'static str,
-    help: &'static str,
+/// One `RINGFAN_*` variable: the single source of its parsing, default, accepted values,
+/// `--help` row and README row.
+pub struct Var {
+    pub name: &'static str,
+    /// How the value is parsed, what is accepted, the default, and which field it sets.
+    kind: Kind,
+    /// One line for `--help` and the README.
+    pub help: &'static str,
+    /// More for the README only (may use Markdown); empty for none.
+    details: &'static str,
 }
 
-const VARS: &[Var] = &[
-    Var { name: "RINGFAN_LISTEN", default: "127.0.0.1:7000", help: "address:port to accept connections on (port 0 picks a free port)" },
-    Var { name: "RINGFAN_THREADS", default: "available cores", help: "worker threads, one io_uring each" },
-    Var { name: "RINGFAN_PIN", default: "1", help: "pin each worker to its own core (0 or 1)" },
-    Var { name: "RINGFAN_ECHO", default: "0", help: "deliver a publisher's lines to itself too (0 or 1; chat-style clients set 1)" },
-    Var { name: "RINGFAN_MAX_FRAME_BYTES", default: "65536", help: "longest accepted line, newline included; longer is a protocol error" },
-    Var { name: "RINGFAN_SEND_QUEUE_BYTES_MAX", default: "4194304", help: "bytes queued for one subscriber before it is evicted as too slow" },
-    Var { name: "RINGFAN_CLOSE_TIMEOUT_MS", default: "5000", help: "time a closing connection gets to flush and send its FIN before an abortive close (RST)" },
-    Var { name: "RINGFAN_SHUTDOWN_TIMEOUT_MS", default: "10000", help: "on SIGINT/SIGTERM, time to close every connection gracefully; the rest are reset" },
-    Var { name: "RINGFAN_READ_BUDGET_BYTES", default: "65536", help: "input taken from one connection per loop turn (fairness under a flooding publisher)" },
-    Var { name: "RINGFAN_RECV_BUFFERS", default: "1024", help: "provided receive buffers per worker (power of two, at most 32768)" },
-    Var { name: "RINGFAN_RECV_BUFFER_BYTES", default: "16384", help: "size of each provided receive buffer" },
-    Var { name: "RINGFAN_RING_ENTRIES", default: "4096", help: "io_uring submission queue entries per worker (completion queue: 4x)" },
-    Var { name: "RINGFAN_LISTEN_BACKLOG", default: "4096", help: "listen(2) backlog of each worker's listener" },
-    Var { name: "RINGFAN_SLOW_CONSUMER", default: "disconnect", help: "subscriber over its queue limit: disconnect (evict, flush, FIN) or drop (keep it, drop its new messages)" },
-    Var { name: "RINGFAN_SLOW_CONSUMER_TIMEOUT_MS", default: "10000", help: "a subscriber whose queue has not drained for this long is slow even under the byte limit (0: off)" },
-    Var { name: "RINGFAN_MAX_CONNECTIONS", default: "open-file limit - headroom", help: "connections over this are sent -ERR server full and closed at once" },
-    Var { name: "RINGFAN_KEEPALIVE_SECS", default: "60", help: "TCP keepalive idle time, so a peer that vanished is found (0: off)" },
-    Var { name: "RINGFAN_USER_TIMEOUT_MS", default: "30000", help: "TCP_USER_TIMEOUT: unacknowledged data older than this resets the connection (0: kernel default)" },
-    Var { name: "RINGFAN_NOTSENT_LOWAT", default: "131072", help: "TCP_NOTSENT_LOWAT: unsent bytes the kernel holds per connection; the rest waits in ringfan's queue, shared by all subscribers (0: kernel default)" },
-    Var { name: "RINGFAN_PUBLISH_LISTEN", default: "off", help: "if set, only connections accepted on this address:port may publish; lines from RINGFAN_LISTEN are discarded" },
-    Var { name: "RINGFAN_DRIVER", default: "auto", help: "auto (io_uring, else epoll with a warning saying why), io_uring (fail without it) or epoll" },
-    Var { name: "RINGFAN_METRICS_LISTEN", default: "off", help: "address:port serving Prometheus metrics at /metrics (e.g. 127.0.0.1:9100); unset or empty: off" },
-    Var { name: "RINGFAN_FAULT", default: "off", help: "testing only: KIND:WORKER:AFTER_MS makes worker WORKER fail AFTER_MS after start (KIND panic or error)" },
-    Var { name: "RINGFAN_LOG", default: "info", help: "log filter: error, warn, info, debug, trace (tracing EnvFilter syntax)" },
+/// The unit of an integer variable, named in its accepted values.
+#[derive(Clone, Copy)]
+enum Unit {
+    Count,
+    Millis,
+    Secs,
+}
+
+/// An integer variable's default.
+#[derive(Clone, Copy)]
+enum IntDefault {
+    Is(u64),
+    /// The number of cores available to the process.
+    Cores,
+    /// Unset: derived at start; the field keeps `None` (described by the text).
+    Derived(&'static str),
+}
+
+/// How a variable is parsed. Each kind carries its typed default and a setter of its `Config`
+/// field, so a variable is one row of [`VARS`] and nothing else.
+enum Kind {
+    /// An integer from `min` to `max` (`zero`: what 0 means; `note`: said after the range).
+    Int {
+        default: IntDefault,
+        min: u64,
+        max: u64,
+        unit: Unit,
+        zero: Option<&'static str>,
+        note: &'static str,
+        set: fn(&mut Config, u64),
+    },
+    /// A power of two from `min` to `max`.
+    PowerOfTwo {
+        default: u64,
+        min: u64,
+        max: u64,
+        set: fn(&mut Config, u64),
+    },
+    /// A byte count from `min` to `max`, with an optional KiB/MiB/GiB suffix.
+    Bytes {
+        default: usize,
+        min: usize,
+        max: usize,
+        set: fn(&mut Config, usize),
+    },
+    Flag {
+        default: bool,
+        set: fn(&mut Config, bool),
+    },
+    /// A required address; `default` parses.
+    Addr {
+        default: &'static str,
+        set: fn(&mut Config, SocketAddr),
+    },
+    /// An address, or unset/empty for off.
+    OptionalAddr {
+        set: fn(&mut Config, Option<SocketAddr>),
+    },
+    /// One of `names` (the first is the default); `set` takes the trimmed value and returns
+    /// false for a value it does not know (it may also accept aliases).
+    Choice {
+        names: &'static [&'static str],
+        set: fn(&mut Config, &str) -> bool,
+    },
+    /// A tracing filter.
+    LogFilter { default: &'static str },
+    /// A [`Fault`], or off.
+    Fault,
+}
+
+const HOST_PORT: &str = "host:port, e.g. 127.0.0.1:7000, 0.0.0.0:7000 or [::1]:7000";
+const HOST_PORT_OR_OFF: &str = "host:port, e.g. 127.0.0.1:7001, or empty for off";
+const FLAG_VALUES: &str = "0 or 1 (also true/false, yes/no, on/off)";
+const LOG_VALUES: &str =
+    "a level (error, warn, info, debug, trace) or a tracing filter like ringfan=debug";
+const FAULT_VALUES: &str =
+    "off or KIND:WORKER:AFTER_MS with KIND panic or error (e.g. panic:1:200)";
+const MS_MAX: u64 = 86_400_000;
+
+#[rustfmt::skip] // One row per variable reads better than rustfmt's vertical layout.
+pub const VARS: &[Var] = &[
+    Var { name: "RINGFAN_LISTEN",
+        kind: Kind::Addr { default: "127.0.0.1:7000", set: |c, v| c.listen = v },
+        help: "address:port to accept connections on (port 0 picks a free port)",
+        details: "The chosen address is printed on stdout as `ringfan listening on ADDR`." },
+    Var { name: "RINGFAN_THREADS",
+        kind: Kind::Int { default: IntDefault::Cores, min: 1, max: 1024, unit: Unit::Count, zero: None, note: "",
+            set: |c, v| c.threads = v as usize },
+        help: "worker threads, one io_uring each", details: "" },
+    Var { name: "RINGFAN_PIN",
+        kind: Kind::Flag { default: true, set: |c, v| c.pin = v },
+        help: "pin each worker to its own core (0 or 1)", details: "" },
+    Var { name: "RINGFAN_ECHO",
+        kind: Kind::Flag { default: false, set: |c, v| c.echo = v },
+        help: "deliver a publisher's lines to itself too (0 or 1; chat-style clients set 1)",
+        details: "Off by default: with echo on, a client that only publishes and never reads fills its own queue with its own lines and is evicted as a slow consumer." },
+    Var { name: "RINGFAN_MAX_FRAME_BYTES",
+        kind: Kind::Bytes { default: 65536, min: 2, max: 1 << 30, set: |c, v| c.max_frame_bytes = v },
+        help: "longest accepted line, newline included; longer is a protocol error", details: "" },
+    Var { name: "RINGFAN_SEND_QUEUE_BYTES_MAX",
+        kind: Kind::Bytes { default: 4 << 20, min: 1, max: 1 << 40, set: |c, v| c.send_queue_bytes_max = v },
+        help: "bytes queued for one subscriber before it is evicted as too slow",
+        details: "An evicted subscriber gets what was queued, then FIN (see `RINGFAN_SLOW_CONSUMER`)." },
+    Var { name: "RINGFAN_CLOSE_TIMEOUT_MS",
+        kind: Kind::Int { default: IntDefault::Is(5000), min: 1, max: MS_MAX, unit: Unit::Millis, zero: None, note: "",
+            set: |c, v| c.close_timeout = Duration::from_millis(v) },
+        help: "time a closing connection gets to flush and send its FIN before an abortive close (RST)", details: "" },
+    Var { name: "RINGFAN_SHUTDOWN_TIMEOUT_MS",
+        kind: Kind::Int { default: IntDefault::Is(10_000), min: 1, max: MS_MAX, unit: Unit::Millis, zero: None, note: "",
+            set: |c, v| c.shutdown_timeout = Duration::from_millis(v) },
+        help: "on SIGINT/SIGTERM, time to close every connection gracefully; the rest are reset",
+        details: "Those are counted in the log and in `ringfan_shutdown_aborted_total`." },
+    Var { name: "RINGFAN_READ_BUDGET_BYTES",
+        kind: Kind::Bytes { default: 65536, min: 1, max: 1 << 30, set: |c, v| c.read_budget_bytes = v },
+        help: "input taken from one connection per loop turn (fairness under a flooding publisher)", details: "" },
+    Var { name: "RINGFAN_RECV_BUFFERS",
+        kind: Kind::PowerOfTwo { default: 1024, min: 2, max: 32768, set: |c, v| c.recv_buffers = v as u16 },
+        help: "provided receive buffers per worker (power of two, at most 32768)", details: "" },
+    Var { name: "RINGFAN_RECV_BUFFER_BYTES",
+        kind: Kind::Bytes { default: 16384, min: 64, max: 1 << 20, set: |c, v| c.recv_buffer_bytes = v },
+        help: "size of each provided receive buffer", details: "" },
+    Var { name: "RINGFAN_RING_ENTRIES",
+        kind: Kind::Int { default: IntDefault::Is(4096), min: 8, max: RING_ENTRIES_MAX as u64, unit: Unit::Count, zero: None,
+            note: "the completion queue is 4x that, at most the kernel's 65536",
+            set: |c, v| c.ring_entries = v as u32 },
+        help: "io_uring submission queue entries per worker (completion queue: 4x)", details: "" },
+    Var { name: "RINGFAN_LISTEN_BACKLOG",
+        kind: Kind::Int { default: IntDefault::Is(4096), min: 1, max: 65535, unit: Unit::Count, zero: None, note: "",
+            set: |c, v| c.listen_backlog = v as i32 },
+        help: "listen(2) backlog of each worker's listener", details: "" },
+    Var { name: "RINGFAN_SLOW_CONSUMER",
+        kind: Kind::Choice { names: &["disconnect", "drop"],
+            set: |c, v| SlowConsumer::parse(v).map(|s| c.slow_consumer = s).is_some() },
+        help: "subscriber over its queue limit: disconnect (evict, flush, FIN) or drop (keep it, drop its new messages)",
+        details: "An evicted subscriber's queue is flushed within `RINGFAN_CLOSE_TIMEOUT_MS`; dropped messages are whole lines, counted in `ringfan_messages_dropped_total`." },
+    Var { name: "RINGFAN_SLOW_CONSUMER_TIMEOUT_MS",
+        kind: Kind::Int { default: IntDefault::Is(10_000), min: 0, max: MS_MAX, unit: Unit::Millis, zero: Some("off"), note: "",
+            set: |c, v| c.slow_consumer_timeout = Duration::from_millis(v) },
+        help: "a subscriber whose queue has not drained for this long is slow even under the byte limit (0: off)", details: "" },
+    Var { name: "RINGFAN_MAX_CONNECTIONS",
+        kind: Kind::Int { default: IntDefault::Derived("open-file limit - headroom"), min: 1, max: 100_000_000, unit: Unit::Count,
+            zero: None, note: "", set: |c, v| c.max_connections = Some(v as usize) },
+        help: "connections over this are sent -ERR server full and closed at once",
+        details: "The headroom is 64 + 8 × threads file descriptors. A refused connection gets a FIN at once, never waits in the backlog." },
+    Var { name: "RINGFAN_KEEPALIVE_SECS",
+        kind: Kind::Int { default: IntDefault::Is(60), min: 0, max: 86_400, unit: Unit::Secs, zero: Some("off"), note: "",
+            set: |c, v| c.keepalive_secs = v as u32 },
+        help: "TCP keepalive idle time, so a peer that vanished is found (0: off)",
+        details: "Probes follow every 1/6 of it, 6 of them, so a peer gone without FIN or RST is also found." },
+    Var { name: "RINGFAN_USER_TIMEOUT_MS",
+        kind: Kind::Int { default: IntDefault::Is(30_000), min: 0, max: MS_MAX, unit: Unit::Millis, zero: Some("kernel default"),
+            note: "", set: |c, v| c.user_timeout_ms = v as u32 },
+        help: "TCP_USER_TIMEOUT: unacknowledged data older than this resets the connection (0: kernel default)",
+        details: "A zero window held this long resets it too." },
+    Var { name: "RINGFAN_NOTSENT_LOWAT",
+        kind: Kind::Bytes { default: 128 << 10, min: 0, max: 1 << 30, set: |c, v| c.notsent_lowat = v as u32 },
+        help: "TCP_NOTSENT_LOWAT: unsent bytes the kernel holds per connection; the rest waits in ringfan's queue, shared by all subscribers (0: kernel default)",
+        details: "What waits in ringfan's queue counts toward `RINGFAN_SEND_QUEUE_BYTES_MAX`; the kernel default is no limit." },
+    Var { name: "RINGFAN_PUBLISH_LISTEN",
+        kind: Kind::OptionalAddr { set: |c, v| c.publish_listen = v },
+        help: "if set, only connections accepted on this address:port may publish; lines from RINGFAN_LISTEN are discarded",
+        details: "The address is printed as `ringfan publishers on ADDR`; input from `RINGFAN_LISTEN` connections is read and discarded at once, counted, never buffered." },
+    Var { name: "RINGFAN_DRIVER",
+        kind: Kind::Choice { names: &["auto", "io_uring", "epoll"],
+            set: |c, v| DriverChoice::parse(v).map(|d| c.driver = d).is_some() },
+        help: "auto (io_uring, else epoll with a warning saying why), io_uring (fail without it) or epoll",
+        details: "With `io_uring`, the server exits with status 3 where io_uring cannot be used." },
+    Var { name: "RINGFAN_METRICS_LISTEN",
+        kind: Kind::OptionalAddr { set: |c, v| c.metrics_listen = v },
+        help: "address:port serving Prometheus metrics at /metrics (e.g. 127.0.0.1:9100); unset or empty: off",
+        details: "Port 0 picks a free port, printed as `ringfan metrics on URL`." },
+    Var { name: "RINGFAN_FAULT",
+        kind: Kind::Fault,
+        help: "testing only: KIND:WORKER:AFTER_MS makes worker WORKER fail AFTER_MS after start (KIND panic or error)",
+        details: "" },
+    Var { name: "RINGFAN_LOG",
+        kind: Kind::LogFilter { default: "info" },
+        help: "log filter: error, warn, info, debug, trace (tracing EnvFilter syntax)", details: "" },
 ];
+
+impl SlowConsumer {
+    fn parse(v: &str) -> Option<SlowConsumer> {
+        match v {
+            "disconnect" => Some(SlowConsumer::Disconnect),
+            "drop" => Some(SlowConsumer::Drop),
+            _ => None,
+        }
+    }
+}
+
+impl DriverChoice {
+    fn parse(v: &str) -> Option<DriverChoice> {
+        match v {
+            "auto" => Some(DriverChoice::Auto),
+            "io_uring" | "io-uring" | "uring" => Some(DriverChoice::IoUring),
+            "epoll" => Some(DriverChoice::Epoll),
+            _ => None,
+        }
+    }
+}
+
+impl Var {
+    /// The default as `--help` shows it.
+    pub fn default_text(&self) -> String {
+        match self.kind {
+            Kind::Int { default, .. } => match default {
+                IntDefault::Is(n) => n.to_string(),
+                IntDefault::Cores => "available cores".into(),
+                IntDefault::Derived(text) => text.into(),
+            },
+            Kind::PowerOfTwo { default, .. } => default.to_string(),
+            Kind::Bytes { default, .. } => default.to_string(),
+            Kind::Flag { default, .. } => u8::from(default).to_string(),
+            Kind::Addr { default, .. } => default.into(),
+            Kind::OptionalAddr { .. } | Kind::Fault => "off".into(),
+            Kind::Choice { names, .. } => names[0].into(),
+            Kind::LogFilter { default } => default.into(),
+        }
+    }
+
+    /// Whether the default is a literal value (shown as code in the README), not a description.
+    fn default_is_literal(&self) -> bool {
+        !matches!(
+            self.kind,
+            Kind::Int {
+                default: IntDefault::Cores | IntDefault::Derived(_),
+                ..
+            } | Kind::OptionalAddr { .. }
+                | Kind::Fault
+        )
+    }
+
+    /// What is accepted, as an invalid value's error says it.
+    pub fn accepted(&self) -> String {
+        match self.kind {
+            Kind::Int {
+                min,
+                max,
+                unit,
+                zero,
+                note,
+                ..
+            } => {
+                let unit = match unit {
+                    Unit::Count => None,
+                    Unit::Millis => Some("milliseconds".to_string()),
+                    Unit::Secs => Some("seconds".to_string()),
+                };
+                let zero = zero.map(|z| format!("0: {z}"));
+                let note = (!note.is_empty()).then(|| note.to_string());
+                let said: Vec<String> = [unit, zero, note].into_iter().flatten().collect();
+                match said.is_empty() {
+                    true => format!("an integer from {min} to {max}"),
+                    false => format!("an integer from {min} to {max} ({})", said.join(", ")),
+                }
+            }
+            Kind::PowerOfTwo { min, max, .. } => format!("a power of two from {min} to {max}"),
+            Kind::Bytes { min, max, .. } => {
+                format!("a byte count from {min} to {max} (e.g. 65536, 64KiB, 4MiB)")
+            }
+            Kind::Flag { .. } => FLAG_VALUES.into(),
+            Kind::Addr { .. } => HOST_PORT.into(),
+            Kind::OptionalAddr { .. } => HOST_PORT_OR_OFF.into(),
+            Kind::Choice { names, .. } => match names.split_last() {
+                Some((last, [])) => last.to_string(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            },
+            Kind::LogFilter { .. } => LOG_VALUES.into(),
+            Kind::Fault => FAULT_VALUES.into(),
+        }
+    }
+
+    fn error(&self, value: &str, accepted: String) -> ConfigError {
+        ConfigError {
+            var: self.name,
+            value: value.into(),
+            accepted,
+        }
+    }
+
+    /// Sets this variable's field of `c` from `value`, or from the default when unset.
+    fn apply(&self, c: &mut Config, value: Option<&str>) -> Result<(), ConfigError> {
+        match self.kind {
+            Kind::Int { default, set, .. } => {
+                let n = match (value, default) {
+                    (Some(v), _) => self.int(v)?,
+                    (None, IntDefault::Is(n)) => n,
+                    (None, IntDefault::Cores) => {
+                        std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+                    }
+                    (None, IntDefault::Derived(_)) => return Ok(()),
+                };
+                set(c, n);
+            }
+            Kind::PowerOfTwo { default, set, .. } => {
+                set(c, value.map_or(Ok(default), |v| self.power_of_two(v))?)
+            }
+            Kind::Bytes { default, set, .. } => {
+                set(c, value.map_or(Ok(default), |v| self.bytes(v))?)
+            }
+            Kind::Flag { default, set } => set(c, value.map_or(Ok(default), |v| self.flag(v))?),
+            Kind::Addr { default, set } => {
+                set(c, self.addr(value.unwrap_or(default))?);
+            }
+            Kind::OptionalAddr { set } => set(c, self.optional_addr(value)?),
+            Kind::Choice { names, set } => {
+                let v = value.map_or(names[0], str::trim);
+                if !set(c, v) {
+                    return Err(self.error(v, self.accepted()));
+                }
+            }
+            Kind::LogFilter { default } => c.log = self.log_filter(value.unwrap_or(default))?,
+            Kind::Fault => c.fault = self.fault(value)?,
+        }
+        Ok(())
+    }
+}
+
+/// The parsers, one per [`Kind`]; each error names the variable, the value and `accepted()`.
+impl Var {
+    fn int(&self, v: &str) -> Result<u64, ConfigError> {
+        let (min, max) = match self.kind {
+            Kind::Int { min, max, .. } | Kind::PowerOfTwo { min, max, .. } => (min, max),
+            _ => unreachable!("{} is not an integer variable", self.name),
+        };
+        v.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| match self.kind {
+                // Out of range or not a number says "integer"; a number that is no power of
+                // two gets `accepted()`.
+                Kind::PowerOfTwo { .. } => {
+                    self.error(v, format!("an integer from {min} to {max}, a power of two"))
+                }
+                _ => self.error(v, self.accepted()),
+            })
+    }
+
+    fn power_of_two(&self, v: &str) -> Result<u64, ConfigError> {
+        let n = self.int(v)?;
+        match n.is_power_of_two() {
+            true => Ok(n),
+            false => Err(self.error(v, self.accepted())),
+        }
+    }
+
+    fn bytes(&self, v: &str) -> Result<usize, ConfigError> {
+        let Kind::Bytes { min, max, .. } = self.kind else {
+            unreachable!("{} is not a byte-count variable", self.name)
+        };
+        parse_bytes(v)
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| self.error(v, self.accepted()))
+    }
+
+    fn flag(&self, v: &str) -> Result<bool, ConfigError> {
+        match v.trim() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            v => Err(self.error(v, self.accepted())),
+        }
+    }
+
+    fn addr(&self, v: &str) -> Result<SocketAddr, ConfigError> {
+        v.to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| self.error(v, self.accepted()))
+    }
+
+    fn optional_addr(&self, v: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+        match v.map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(v) => self.addr(v).map(Some),
+        }
+    }
+
+    fn log_filter(&self, v: &str) -> Result<String, ConfigError> {
+        match tracing_subscriber::EnvFilter::try_new(v) {
+            Ok(_) => Ok(v.to_string()),
+            Err(_) => Err(self.error(v, self.accepted())),
+        }
+    }
+
+    fn fault(&self, v: Option<&str>) -> Result<Option<Fault>, ConfigError> {
+        match v {
+            None | Some("") | Some("off") => Ok(None),
+            Some(v) => Fault::parse(v)
+                .map(Some)
+                .ok_or_else(|| self.error(v, self.accepted())),
+        }
+    }
+}
 
 /// The `--help` text.
 pub fn help() -> String {
@@ -174,11 +549,41 @@ pub fn help() -> String {
     // Column widths come from the longest entries, so a longer name or default added to VARS
     // cannot push its description out of line.
     let name_width = VARS.iter().map(|v| v.name.len()).max().unwrap_or(0);
-    let default_width = VARS.iter().map(|v| v.default.len()).max().unwrap_or(0);
-    for v in VARS {
+    let defaults: Vec<String> = VARS.iter().map(Var::default_text).collect();
+    let default_width = defaults.iter().map(String::len).max().unwrap_or(0);
+    for (v, default) in VARS.iter().zip(&defaults) {
         s.push_str(&format!(
             "  {:<name_width$}  default {:<default_width$}  {}\n",
-            v.name, v.default, v.help
+            v.name, default, v.help
+        ));
+    }
+    s
+}
+
+/// The README's configuration table (between its `<!-- config-table -->` markers).
+pub fn markdown_table() -> String {
+    let cell = |s: &str| s.replace('|', "\\|");
+    let mut s = String::from("| variable | default | accepted | meaning |\n|---|---|---|---|\n");
+    for v in VARS {
+        let default = match v.default_is_literal() {
+            true => format!("`{}`", v.default_text()),
+            false => v.default_text(),
+        };
+        let accepted = match v.kind {
+            // The suffix is said once, above the table.
+            Kind::Bytes { min, max, .. } => format!("a byte count from {min} to {max}"),
+            _ => v.accepted(),
+        };
+        let meaning = match v.details {
+            "" => v.help.to_string(),
+            more => format!("{}. {more}", v.help),
+        };
+        s.push_str(&format!(
+            "| `{}` | {} | {} | {} |\n",
+            v.name,
+            cell(&default),
+            cell(&accepted),
+            cell(&meaning)
         ));
     }
     s
@@ -198,209 +603,51 @@ impl Config {
         Config::from_vars(&std::env::vars().collect::<Vec<_>>())
     }
 
+    /// Every variable of [`VARS`] in turn, set or defaulted; the first invalid one is the error.
     pub fn from_vars(env: &[(String, String)]) -> Result<Config, ConfigError> {
+        // The last assignment wins, as in a shell.
         let get = |name: &str| {
             env.iter()
                 .rev()
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.as_str())
         };
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let size = |name: &'static str,
-                    default: usize,
-                    min: usize,
-                    max: usize|
-         -> Result<usize, ConfigError> {
-            match get(name) {
-                None => Ok(default),
-                Some(v) => parse_bytes(v)
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| ConfigError {
-                        var: name,
-                        value: v.into(),
-                        accepted: format!(
-                            "a byte count from {min} to {max} (e.g. 65536, 64KiB, 4MiB)"
-                        ),
-                    }),
-            }
-        };
-        let int = |name: &'static str,
-                   default: u64,
-                   min: u64,
-                   max: u64,
-                   unit: &str|
-         -> Result<u64, ConfigError> {
-            match get(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| (min..=max).contains(n))
-                    .ok_or_else(|| ConfigError {
-                        var: name,
-                        value: v.into(),
-                        accepted: format!("an integer from {min} to {max}{unit}"),
-                    }),
-            }
-        };
-        let flag = |name: &'static str, default: bool| -> Result<bool, ConfigError> {
-            match get(name).map(str::trim) {
-                None => Ok(default),
-                Some("1" | "true" | "yes" | "on") => Ok(true),
-                Some("0" | "false" | "no" | "off") => Ok(false),
-                Some(v) => Err(ConfigError {
-                    var: name,
-                    value: v.into(),
-                    accepted: "0 or 1 (also true/false, yes/no, on/off)".into(),
-                }),
-            }
-        };
-        let listen = match get("RINGFAN_LISTEN") {
-            None => "127.0.0.1:7000".parse().expect("default address parses"),
-            Some(v) => v
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .ok_or_else(|| ConfigError {
-                    var: "RINGFAN_LISTEN",
-                    value: v.into(),
-                    accepted: "host:port, e.g. 127.0.0.1:7000, 0.0.0.0:7000 or [::1]:7000".into(),
-                })?,
-        };
-        let recv_buffers = int("RINGFAN_RECV_BUFFERS", 1024, 2, 32768, ", a power of two")?;
-        if !recv_buffers.is_power_of_two() {
-            return Err(ConfigError {
-                var: "RINGFAN_RECV_BUFFERS",
-                value: get("RINGFAN_RECV_BUFFERS").unwrap_or_default().into(),
-                accepted: "a power of two from 2 to 32768".into(),
-            });
+        let mut c = Config::unset();
+        for v in VARS {
+            v.apply(&mut c, get(v.name))?;
         }
-        let log = get("RINGFAN_LOG").unwrap_or("info").to_string();
-        if tracing_subscriber::EnvFilter::try_new(&log).is_err() {
-            return Err(ConfigError {
-                var: "RINGFAN_LOG",
-                value: log,
-                accepted: "a level (error, warn, info, debug, trace) or a tracing filter like ringfan=debug".into(),
-            });
+        Ok(c)
+    }
+
+    /// A `Config` before [`VARS`] is applied: every field is overwritten by its variable's value
+    /// or default, except `max_connections`, which stays `None` (derived at start) when unset.
+    fn unset() -> Config {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            threads: 0,
+            pin: false,
+            echo: false,
+            max_frame_bytes: 0,
+            send_queue_bytes_max: 0,
+            close_timeout: Duration::ZERO,
+            shutdown_timeout: Duration::ZERO,
+            read_budget_bytes: 0,
+            recv_buffers: 0,
+            recv_buffer_bytes: 0,
+            ring_entries: 0,
+            listen_backlog: 0,
+            log: String::new(),
+            metrics_listen: None,
+            slow_consumer: SlowConsumer::Disconnect,
+            slow_consumer_timeout: Duration::ZERO,
+            max_connections: None,
+            keepalive_secs: 0,
+            user_timeout_ms: 0,
+            notsent_lowat: 0,
+            publish_listen: None,
+            fault: None,
+            driver: DriverChoice::Auto,
         }
-        let optional_addr = |name: &'static str| -> Result<Option<SocketAddr>, ConfigError> {
-            match get(name).map(str::trim) {
-                None | Some("") => Ok(None),
-                Some(v) => v
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .map(Some)
-                    .ok_or_else(|| ConfigError {
-                        var: name,
-                        value: v.into(),
-                        accepted: "host:port, e.g. 127.0.0.1:7001, or empty for off".into(),
-                    }),
-            }
-        };
-        let metrics_listen = optional_addr("RINGFAN_METRICS_LISTEN")?;
-        let slow_consumer = match get("RINGFAN_SLOW_CONSUMER").map(str::trim) {
-            None | Some("disconnect") => SlowConsumer::Disconnect,
-            Some("drop") => SlowConsumer::Drop,
-            Some(v) => {
-                return Err(ConfigError {
-                    var: "RINGFAN_SLOW_CONSUMER",
-                    value: v.into(),
-                    accepted: "disconnect or drop".into(),
-                })
-            }
-        };
-        let driver = match get("RINGFAN_DRIVER").map(str::trim) {
-            None | Some("auto") => DriverChoice::Auto,
-            Some("io_uring" | "io-uring" | "uring") => DriverChoice::IoUring,
-            Some("epoll") => DriverChoice::Epoll,
-            Some(v) => {
-                return Err(ConfigError {
-                    var: "RINGFAN_DRIVER",
-                    value: v.into(),
-                    accepted: "auto, io_uring or epoll".into(),
-                })
-            }
-        };
-        let max_connections = match get("RINGFAN_MAX_CONNECTIONS") {
-            None => None,
-            Some(_) => Some(int("RINGFAN_MAX_CONNECTIONS", 0, 1, 100_000_000, "")? as usize),
-        };
-        Ok(Config {
-            listen,
-            metrics_listen,
-            slow_consumer,
-            slow_consumer_timeout: Duration::from_millis(int(
-                "RINGFAN_SLOW_CONSUMER_TIMEOUT_MS",
-                10_000,
-                0,
-                86_400_000,
-                " (milliseconds, 0: off)",
-            )?),
-            max_connections,
-            keepalive_secs: int(
-                "RINGFAN_KEEPALIVE_SECS",
-                60,
-                0,
-                86_400,
-                " (seconds, 0: off)",
-            )? as u32,
-            user_timeout_ms: int(
-                "RINGFAN_USER_TIMEOUT_MS",
-                30_000,
-                0,
-                86_400_000,
-                " (milliseconds, 0: kernel default)",
-            )? as u32,
-            notsent_lowat: size("RINGFAN_NOTSENT_LOWAT", 128 << 10, 0, 1 << 30)? as u32,
-            publish_listen: optional_addr("RINGFAN_PUBLISH_LISTEN")?,
-            fault: match get("RINGFAN_FAULT") {
-                None | Some("") | Some("off") => None,
-                Some(v) => Some(Fault::parse(v).ok_or_else(|| ConfigError {
-                    var: "RINGFAN_FAULT",
-                    value: v.into(),
-                    accepted: "off or KIND:WORKER:AFTER_MS with KIND panic or error (e.g. panic:1:200)"
-                        .into(),
-                })?),
-            },
-            driver,
-            threads: int("RINGFAN_THREADS", cores as u64, 1, 1024, "")? as usize,
-            pin: flag("RINGFAN_PIN", true)?,
-            // Off by default: with echo, a client that only publishes and never reads fills its
-            // own queue with its own lines and is evicted as a slow consumer.
-            echo: flag("RINGFAN_ECHO", false)?,
-            max_frame_bytes: size("RINGFAN_MAX_FRAME_BYTES", 65536, 2, 1 << 30)?,
-            send_queue_bytes_max: size("RINGFAN_SEND_QUEUE_BYTES_MAX", 4 << 20, 1, 1 << 40)?,
-            close_timeout: Duration::from_millis(int(
-                "RINGFAN_CLOSE_TIMEOUT_MS",
-                5000,
-                1,
-                86_400_000,
-                " (milliseconds)",
-            )?),
-            shutdown_timeout: Duration::from_millis(int(
-                "RINGFAN_SHUTDOWN_TIMEOUT_MS",
-                10_000,
-                1,
-                86_400_000,
-                " (milliseconds)",
-            )?),
-            read_budget_bytes: size("RINGFAN_READ_BUDGET_BYTES", 65536, 1, 1 << 30)?,
-            recv_buffers: recv_buffers as u16,
-            recv_buffer_bytes: size("RINGFAN_RECV_BUFFER_BYTES", 16384, 64, 1 << 20)?,
-            ring_entries: int(
-                "RINGFAN_RING_ENTRIES",
-                4096,
-                8,
-                RING_ENTRIES_MAX.into(),
-                " (the completion queue is 4x that, at most the kernel's 65536)",
-            )? as u32,
-            listen_backlog: int("RINGFAN_LISTEN_BACKLOG", 4096, 1, 65535, "")? as i32,
-            log,
-        })
     }
 }
 
@@ -594,6 +841,85 @@ mod tests {
         );
         assert_eq!(derive_max_connections(20000, 2), 20000 - 80);
         assert_eq!(derive_max_connections(10, 2), 1);
+    }
+
+    /// The whole message of an invalid value, for one bad value of every kind of variable:
+    /// the variable, the value as given (trimmed where the parser trims) and what is accepted.
+    #[test]
+    fn error_messages_name_variable_value_and_accepted_exactly() {
+        let cases = [
+            ("RINGFAN_LISTEN", "nonsense", "\"nonsense\": expected host:port, e.g. 127.0.0.1:7000, 0.0.0.0:7000 or [::1]:7000"),
+            ("RINGFAN_THREADS", "abc", "\"abc\": expected an integer from 1 to 1024"),
+            ("RINGFAN_PIN", " maybe ", "\"maybe\": expected 0 or 1 (also true/false, yes/no, on/off)"),
+            ("RINGFAN_MAX_FRAME_BYTES", "1", "\"1\": expected a byte count from 2 to 1073741824 (e.g. 65536, 64KiB, 4MiB)"),
+            ("RINGFAN_SEND_QUEUE_BYTES_MAX", "lots", "\"lots\": expected a byte count from 1 to 1099511627776 (e.g. 65536, 64KiB, 4MiB)"),
+            ("RINGFAN_CLOSE_TIMEOUT_MS", "-5", "\"-5\": expected an integer from 1 to 86400000 (milliseconds)"),
+            ("RINGFAN_RECV_BUFFERS", "1", "\"1\": expected an integer from 2 to 32768, a power of two"),
+            ("RINGFAN_RECV_BUFFERS", "1000", "\"1000\": expected a power of two from 2 to 32768"),
+            ("RINGFAN_RING_ENTRIES", "32768", "\"32768\": expected an integer from 8 to 16384 (the completion queue is 4x that, at most the kernel's 65536)"),
+            ("RINGFAN_LISTEN_BACKLOG", "0", "\"0\": expected an integer from 1 to 65535"),
+            ("RINGFAN_SLOW_CONSUMER", " kick ", "\"kick\": expected disconnect or drop"),
+            ("RINGFAN_SLOW_CONSUMER", "", "\"\": expected disconnect or drop"),
+            ("RINGFAN_SLOW_CONSUMER_TIMEOUT_MS", "soon", "\"soon\": expected an integer from 0 to 86400000 (milliseconds, 0: off)"),
+            ("RINGFAN_MAX_CONNECTIONS", "0", "\"0\": expected an integer from 1 to 100000000"),
+            ("RINGFAN_KEEPALIVE_SECS", "x", "\"x\": expected an integer from 0 to 86400 (seconds, 0: off)"),
+            ("RINGFAN_USER_TIMEOUT_MS", "-1", "\"-1\": expected an integer from 0 to 86400000 (milliseconds, 0: kernel default)"),
+            ("RINGFAN_NOTSENT_LOWAT", "2GiB", "\"2GiB\": expected a byte count from 0 to 1073741824 (e.g. 65536, 64KiB, 4MiB)"),
+            ("RINGFAN_PUBLISH_LISTEN", " nowhere ", "\"nowhere\": expected host:port, e.g. 127.0.0.1:7001, or empty for off"),
+            ("RINGFAN_DRIVER", "kqueue", "\"kqueue\": expected auto, io_uring or epoll"),
+            ("RINGFAN_METRICS_LISTEN", "x", "\"x\": expected host:port, e.g. 127.0.0.1:7001, or empty for off"),
+            ("RINGFAN_FAULT", "panic:1", "\"panic:1\": expected off or KIND:WORKER:AFTER_MS with KIND panic or error (e.g. panic:1:200)"),
+            ("RINGFAN_LOG", "[", "\"[\": expected a level (error, warn, info, debug, trace) or a tracing filter like ringfan=debug"),
+        ];
+        for (var, bad, expected) in cases {
+            let e = with(&[(var, bad)]).unwrap_err();
+            assert_eq!(e.to_string(), format!("invalid {var}={expected}"));
+        }
+    }
+
+    /// Every default, as `from_vars` applies it with nothing set.
+    #[test]
+    fn every_default() {
+        let c = with(&[]).unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.threads, cores);
+        assert_eq!((c.pin, c.echo), (true, false));
+        assert_eq!(
+            (c.read_budget_bytes, c.recv_buffers, c.recv_buffer_bytes),
+            (65536, 1024, 16384)
+        );
+        assert_eq!((c.ring_entries, c.listen_backlog), (4096, 4096));
+        assert_eq!(c.slow_consumer_timeout, Duration::from_secs(10));
+        assert_eq!(
+            (c.keepalive_secs, c.user_timeout_ms, c.notsent_lowat),
+            (60, 30_000, 131072)
+        );
+        assert_eq!(
+            (c.publish_listen, c.metrics_listen, c.fault),
+            (None, None, None)
+        );
+        assert_eq!(c.log, "info");
+        let set = with(&[
+            ("RINGFAN_RECV_BUFFERS", "64"),
+            ("RINGFAN_NOTSENT_LOWAT", "0"),
+            ("RINGFAN_FAULT", "error:0:5"),
+            ("RINGFAN_PIN", "off"),
+            ("RINGFAN_METRICS_LISTEN", " "),
+        ])
+        .unwrap();
+        assert_eq!(
+            (set.recv_buffers, set.notsent_lowat, set.pin),
+            (64, 0, false)
+        );
+        assert_eq!(set.metrics_listen, None);
+        assert_eq!(
+            set.fault,
+            Some(Fault {
+                kind: FaultKind::Error,
+                worker: 0,
+                after: Duration::from_millis(5)
+            })
+        );
     }
 
     #[test]

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::{Counter, Gauge, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Gauge, Histogram, KeyName, Label, SharedString, Unit};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::lifecycle::CloseReason;
 use crate::stats::{Census, Stats};
@@ -29,13 +31,7 @@ const LATENCY_BUCKETS_SECONDS: &[f64] = &[
 
 /// Installs the recorder and starts serving `/metrics` on `addr`. Returns the bound address.
 pub fn install(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("ringfan_fanout_latency_seconds".into()),
-            LATENCY_BUCKETS_SECONDS,
-        )
-        .map_err(|e| std::io::Error::other(e.to_string()))?
-        .build_recorder();
+    let recorder = recorder()?;
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| std::io::Error::other(e.to_string()))?;
     describe();
@@ -45,6 +41,17 @@ pub fn install(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         .name("ringfan-metrics".into())
         .spawn(move || serve(listener, handle))?;
     Ok(bound)
+}
+
+/// The recorder, with the fan-out latency histogram's buckets.
+fn recorder() -> std::io::Result<PrometheusRecorder> {
+    Ok(PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(FANOUT_LATENCY.into()),
+            LATENCY_BUCKETS_SECONDS,
+        )
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .build_recorder())
 }
 
 /// Time one scrape connection gets for reading its request and writing the response, in total.
@@ -148,196 +155,414 @@ fn respond(mut s: TcpStream, handle: &PrometheusHandle, deadline: Instant) -> st
     Ok(())
 }
 
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        "ringfan_connections_accepted_total",
-        "Connections accepted."
-    );
-    describe_counter!(
-        "ringfan_connections_refused_total",
-        "Connections refused, by reason (limit, emfile)."
-    );
-    describe_counter!(
-        "ringfan_connections_closed_total",
-        "Connections closed, by the reason their subscription ended."
-    );
-    describe_counter!(
-        "ringfan_connections_aborted_total",
-        "Connections closed abortively (RST)."
-    );
-    describe_counter!(
-        "ringfan_close_timeouts_total",
-        "Connections whose flush or FIN did not come within RINGFAN_CLOSE_TIMEOUT_MS."
-    );
-    describe_gauge!(
-        "ringfan_connections_open",
-        "Connections held (accepted, not yet closed)."
-    );
-    describe_gauge!(
-        "ringfan_connections_closing",
-        "Connections in each close state."
-    );
-    describe_counter!(
-        "ringfan_messages_published_total",
-        "Lines received from publishers."
-    );
-    describe_counter!(
-        "ringfan_messages_delivered_total",
-        "Lines queued to subscribers (one per subscriber)."
-    );
-    describe_counter!(
-        "ringfan_messages_dropped_total",
-        "Lines not queued to a subscriber over its limit under the drop policy."
-    );
-    describe_counter!(
-        "ringfan_bytes_received_total",
-        Unit::Bytes,
-        "Bytes received."
-    );
-    describe_counter!("ringfan_bytes_sent_total", Unit::Bytes, "Bytes sent.");
-    describe_counter!(
-        "ringfan_bytes_discarded_total",
-        Unit::Bytes,
-        "Bytes received and not published (closing connections)."
-    );
-    describe_counter!(
-        "ringfan_bytes_lost_total",
-        Unit::Bytes,
-        "Queued bytes never sent because a connection was reset."
-    );
-    describe_gauge!(
-        "ringfan_send_queue_bytes",
-        Unit::Bytes,
-        "Bytes queued for sending, all connections."
-    );
-    describe_gauge!(
-        "ringfan_send_queue_largest_bytes",
-        Unit::Bytes,
-        "The largest single connection's send queue."
-    );
-    describe_counter!(
-        "ringfan_recv_enobufs_total",
-        "Receives that ended because the provided-buffer ring was empty."
-    );
-    describe_counter!(
-        "ringfan_stale_completions_total",
-        "Completions dropped because their connection was already freed."
-    );
-    describe_counter!(
-        "ringfan_sq_full_total",
-        "Times the submission queue was full and flushed."
-    );
-    describe_counter!(
-        "ringfan_cq_overflow_total",
-        "Times the completion queue overflowed."
-    );
-    describe_counter!("ringfan_protocol_errors_total", "Over-long lines.");
-    describe_counter!(
-        "ringfan_unexpected_errors_total",
-        "Operation errors with no planned handling (logged)."
-    );
-    describe_histogram!(
-        "ringfan_fanout_latency_seconds",
-        Unit::Seconds,
-        "Sampled: a line's arrival to the completion of the send that delivered it."
-    );
+/// The fan-out latency histogram's name (its buckets are set at install).
+const FANOUT_LATENCY: &str = "ringfan_fanout_latency_seconds";
+
+/// Connections by reason, one series per [`CloseReason`].
+type ByReason = [u64; CloseReason::ALL.len()];
+
+/// Reads one counter of a worker's [`Stats`].
+type StatsField = fn(&Stats) -> u64;
+/// Reads one value of a worker's [`Census`].
+type CensusValue = fn(&Census) -> usize;
+
+/// Where a metric's values come from; this also fixes its kind (counter, gauge, histogram).
+pub enum Feed {
+    /// A counter copied from a [`Stats`] field.
+    Counter(StatsField),
+    /// One counter per value of the label, each copied from its [`Stats`] field.
+    CounterBy(&'static str, &'static [(&'static str, StatsField)]),
+    /// One counter per [`CloseReason`] (label `reason`), from a by-reason [`Stats`] array.
+    CounterByReason(fn(&Stats) -> &ByReason),
+    /// A gauge copied from a [`Census`] value.
+    Gauge(CensusValue),
+    /// One gauge per value of the label, each copied from its [`Census`] value.
+    GaugeBy(&'static str, &'static [(&'static str, CensusValue)]),
+    /// Recorded by the worker itself ([`WorkerMetrics::latency`]), not copied.
+    Histogram,
 }
 
-/// One worker's metric handles, registered once.
+/// One metric: its name, unit, help text and feed. [`describe`], the series a worker registers
+/// and publishes, and the README's metrics table all come from [`METRICS`], so a counter is one
+/// row here plus its `Stats` field.
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+    pub feed: Feed,
+}
+
+impl Metric {
+    /// "counter", "gauge" or "histogram", as Prometheus names the type.
+    pub fn kind(&self) -> &'static str {
+        match self.feed {
+            Feed::Counter(_) | Feed::CounterBy(..) | Feed::CounterByReason(_) => "counter",
+            Feed::Gauge(_) | Feed::GaugeBy(..) => "gauge",
+            Feed::Histogram => "histogram",
+        }
+    }
+
+    /// The label besides `worker` and its values, if the metric has one.
+    pub fn label(&self) -> Option<(&'static str, Vec<&'static str>)> {
+        fn names<F>(values: &[(&'static str, F)]) -> Vec<&'static str> {
+            values.iter().map(|(name, _)| *name).collect()
+        }
+        match self.feed {
+            Feed::CounterBy(label, values) => Some((label, names(values))),
+            Feed::GaugeBy(label, values) => Some((label, names(values))),
+            Feed::CounterByReason(_) => Some((
+                "reason",
+                CloseReason::ALL.iter().map(|r| r.name()).collect(),
+            )),
+            Feed::Counter(_) | Feed::Gauge(_) | Feed::Histogram => None,
+        }
+    }
+}
+
+#[rustfmt::skip] // One row per metric reads better than rustfmt's vertical layout.
+pub const METRICS: &[Metric] = &[
+    Metric { name: "ringfan_connections_accepted_total", unit: None, help: "Connections accepted.",
+        feed: Feed::Counter(|s| s.accepted) },
+    Metric { name: "ringfan_connections_refused_total", unit: None, help: "Connections refused, by reason (limit, emfile).",
+        feed: Feed::CounterBy("reason", &[("limit", |s| s.refused_limit), ("emfile", |s| s.refused_emfile)]) },
+    Metric { name: "ringfan_accept_emfile_total", unit: None,
+        help: "Times accept ran out of file descriptors (EMFILE/ENFILE) and refused what was waiting.",
+        feed: Feed::Counter(|s| s.accept_emfile) },
+    Metric { name: "ringfan_connections_closed_total", unit: None, help: "Connections closed, by the reason their subscription ended.",
+        feed: Feed::CounterByReason(|s| &s.closed) },
+    Metric { name: "ringfan_subscriptions_ended_total", unit: None,
+        help: "Subscriptions ended, by reason, counted when the connection starts closing (closed_total counts when it is freed).",
+        feed: Feed::CounterByReason(|s| &s.unsubscribed) },
+    Metric { name: "ringfan_connections_aborted_total", unit: None, help: "Connections closed abortively (RST).",
+        feed: Feed::Counter(|s| s.aborted) },
+    Metric { name: "ringfan_close_timeouts_total", unit: None,
+        help: "Connections whose flush or FIN did not come within RINGFAN_CLOSE_TIMEOUT_MS.",
+        feed: Feed::Counter(|s| s.close_timeouts) },
+    Metric { name: "ringfan_shutdown_delivered_total", unit: None,
+        help: "Connections closed at shutdown once their peer had acknowledged everything.",
+        feed: Feed::Counter(|s| s.shutdown_delivered) },
+    Metric { name: "ringfan_shutdown_aborted_total", unit: None,
+        help: "Connections reset at shutdown because RINGFAN_SHUTDOWN_TIMEOUT_MS passed.",
+        feed: Feed::Counter(|s| s.shutdown_aborted) },
+    Metric { name: "ringfan_connections_open", unit: None, help: "Connections held (accepted, not yet closed).",
+        feed: Feed::Gauge(|c| c.open) },
+    Metric { name: "ringfan_connections_closing", unit: None, help: "Connections in each close state.",
+        feed: Feed::GaugeBy("state", &[("draining", |c| c.draining), ("shutdown_sent", |c| c.shutdown_sent),
+            ("awaiting_fin", |c| c.awaiting_fin)]) },
+    Metric { name: "ringfan_messages_published_total", unit: None, help: "Lines received from publishers.",
+        feed: Feed::Counter(|s| s.messages_in) },
+    Metric { name: "ringfan_messages_delivered_total", unit: None, help: "Lines queued to subscribers (one per subscriber).",
+        feed: Feed::Counter(|s| s.messages_out) },
+    Metric { name: "ringfan_messages_dropped_total", unit: None,
+        help: "Lines not queued to a subscriber over its limit under the drop policy.",
+        feed: Feed::Counter(|s| s.messages_dropped) },
+    Metric { name: "ringfan_subscribers_evicted_total", unit: None,
+        help: "Subscribers evicted as slow consumers (disconnect policy).",
+        feed: Feed::Counter(|s| s.evicted_slow) },
+    Metric { name: "ringfan_slow_consumer_timeouts_total", unit: None,
+        help: "Lines refused to a subscriber under its byte limit whose queue had not drained for RINGFAN_SLOW_CONSUMER_TIMEOUT_MS.",
+        feed: Feed::Counter(|s| s.slow_timeouts) },
+    Metric { name: "ringfan_bytes_received_total", unit: Some(Unit::Bytes), help: "Bytes received.",
+        feed: Feed::Counter(|s| s.bytes_in) },
+    Metric { name: "ringfan_bytes_sent_total", unit: Some(Unit::Bytes), help: "Bytes sent.",
+        feed: Feed::Counter(|s| s.bytes_out) },
+    Metric { name: "ringfan_bytes_discarded_total", unit: Some(Unit::Bytes),
+        help: "Bytes received and not published (closing connections).",
+        feed: Feed::Counter(|s| s.bytes_discarded) },
+    Metric { name: "ringfan_subscriber_bytes_discarded_total", unit: Some(Unit::Bytes),
+        help: "Bytes sent by connections that may not publish (RINGFAN_PUBLISH_LISTEN), discarded.",
+        feed: Feed::Counter(|s| s.subscriber_bytes_discarded) },
+    Metric { name: "ringfan_bytes_lost_total", unit: Some(Unit::Bytes),
+        help: "Queued bytes never sent because a connection was reset.",
+        feed: Feed::Counter(|s| s.lost_bytes) },
+    Metric { name: "ringfan_send_queue_bytes", unit: Some(Unit::Bytes), help: "Bytes queued for sending, all connections.",
+        feed: Feed::Gauge(|c| c.queued_bytes) },
+    Metric { name: "ringfan_send_queue_largest_bytes", unit: Some(Unit::Bytes), help: "The largest single connection's send queue.",
+        feed: Feed::Gauge(|c| c.largest_queue_bytes) },
+    Metric { name: "ringfan_send_retries_total", unit: None,
+        help: "Sends retried after a back-off because the kernel was short of memory.",
+        feed: Feed::Counter(|s| s.send_retries) },
+    Metric { name: "ringfan_recv_enobufs_total", unit: None,
+        help: "Receives that ended because the provided-buffer ring was empty.",
+        feed: Feed::Counter(|s| s.recv_enobufs) },
+    Metric { name: "ringfan_recv_paused_total", unit: None,
+        help: "Receives cancelled to stop reading a publisher far ahead of its read budget (re-armed when it is caught up).",
+        feed: Feed::Counter(|s| s.recv_paused) },
+    Metric { name: "ringfan_backpressure_turns_total", unit: None,
+        help: "Loop turns that took no input because another worker's inbox was over its limit.",
+        feed: Feed::Counter(|s| s.backpressure_turns) },
+    Metric { name: "ringfan_stalled_turns_total", unit: None,
+        help: "Loop turns that took no input because a subscriber was draining a large queue.",
+        feed: Feed::Counter(|s| s.stalled_turns) },
+    Metric { name: "ringfan_stale_completions_total", unit: None,
+        help: "Completions dropped because their connection was already freed.",
+        feed: Feed::Counter(|s| s.stale_completions) },
+    Metric { name: "ringfan_sq_full_total", unit: None, help: "Times the submission queue was full and flushed.",
+        feed: Feed::Counter(|s| s.driver.sq_full) },
+    Metric { name: "ringfan_cq_overflow_total", unit: None, help: "Times the completion queue overflowed.",
+        feed: Feed::Counter(|s| s.driver.cq_overflow) },
+    Metric { name: "ringfan_enter_retries_total", unit: None,
+        help: "Waits or submission flushes interrupted (EINTR, EBUSY, EAGAIN) and retried.",
+        feed: Feed::Counter(|s| s.driver.enter_retries) },
+    Metric { name: "ringfan_protocol_errors_total", unit: None, help: "Over-long lines.",
+        feed: Feed::Counter(|s| s.protocol_errors) },
+    Metric { name: "ringfan_unexpected_errors_total", unit: None,
+        help: "Operation errors with no planned handling (logged).",
+        feed: Feed::Counter(|s| s.unexpected_errors) },
+    Metric { name: FANOUT_LATENCY, unit: Some(Unit::Seconds),
+        help: "Sampled (about once per ms per worker): a line's arrival to the completion of the send that delivered it.",
+        feed: Feed::Histogram },
+];
+
+/// Gives every metric of [`METRICS`] its help text and unit.
+fn describe() {
+    metrics::with_recorder(|r| {
+        for m in METRICS {
+            let (name, help) = (KeyName::from(m.name), SharedString::from(m.help));
+            match m.kind() {
+                "counter" => r.describe_counter(name, m.unit, help),
+                "gauge" => r.describe_gauge(name, m.unit, help),
+                _ => r.describe_histogram(name, m.unit, help),
+            }
+        }
+    });
+}
+
+/// The README's metrics table (between its `<!-- metrics-table -->` markers).
+pub fn markdown_table() -> String {
+    let mut s = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for m in METRICS {
+        let labels = match m.label() {
+            Some((label, values)) => format!("`{label}`: `{}`", values.join("`, `")),
+            None => String::new(),
+        };
+        s.push_str(&format!(
+            "| `{}` | {} | {labels} | {} |\n",
+            m.name,
+            m.kind(),
+            m.help.replace('|', "\\|")
+        ));
+    }
+    s
+}
+
+/// One registered series and where its value comes from.
+enum Series {
+    Counter(Counter, StatsField),
+    ByReason(Counter, fn(&Stats) -> &ByReason, usize),
+    Gauge(Gauge, CensusValue),
+}
+
+/// One worker's metric handles, registered once from [`METRICS`].
 pub struct WorkerMetrics {
-    accepted: Counter,
-    refused_limit: Counter,
-    refused_emfile: Counter,
-    closed: Vec<Counter>,
-    aborted: Counter,
-    close_timeouts: Counter,
-    open: Gauge,
-    closing: [Gauge; 3],
-    published: Counter,
-    delivered: Counter,
-    dropped: Counter,
-    bytes_in: Counter,
-    bytes_out: Counter,
-    bytes_discarded: Counter,
-    bytes_lost: Counter,
-    queue_bytes: Gauge,
-    queue_largest: Gauge,
-    enobufs: Counter,
-    stale: Counter,
-    sq_full: Counter,
-    cq_overflow: Counter,
-    protocol_errors: Counter,
-    unexpected: Counter,
+    series: Vec<Series>,
     pub latency: Histogram,
 }
 
 impl WorkerMetrics {
     pub fn new(worker: usize) -> Self {
-        let w = worker.to_string();
-        let c = |name: &'static str| metrics::counter!(name, "worker" => w.clone());
-        let g = |name: &'static str| metrics::gauge!(name, "worker" => w.clone());
+        let labels = |extra: Option<(&'static str, &'static str)>| {
+            let mut l = vec![Label::new("worker", worker.to_string())];
+            l.extend(extra.map(|(k, v)| Label::new(k, v)));
+            l
+        };
+        let mut series = Vec::new();
+        let mut latency = None;
+        for m in METRICS {
+            let name = m.name;
+            match m.feed {
+                Feed::Counter(f) => {
+                    series.push(Series::Counter(metrics::counter!(name, labels(None)), f))
+                }
+                Feed::CounterBy(label, values) => series.extend(values.iter().map(|&(v, f)| {
+                    Series::Counter(metrics::counter!(name, labels(Some((label, v)))), f)
+                })),
+                Feed::CounterByReason(f) => series.extend(CloseReason::ALL.iter().map(|&r| {
+                    let labels = labels(Some(("reason", r.name())));
+                    Series::ByReason(metrics::counter!(name, labels), f, r as usize)
+                })),
+                Feed::Gauge(f) => {
+                    series.push(Series::Gauge(metrics::gauge!(name, labels(None)), f))
+                }
+                Feed::GaugeBy(label, values) => series.extend(values.iter().map(|&(v, f)| {
+                    Series::Gauge(metrics::gauge!(name, labels(Some((label, v)))), f)
+                })),
+                Feed::Histogram => latency = Some(metrics::histogram!(name, labels(None))),
+            }
+        }
         WorkerMetrics {
-            accepted: c("ringfan_connections_accepted_total"),
-            refused_limit: metrics::counter!("ringfan_connections_refused_total", "worker" => w.clone(), "reason" => "limit"),
-            refused_emfile: metrics::counter!("ringfan_connections_refused_total", "worker" => w.clone(), "reason" => "emfile"),
-            closed: CloseReason::ALL
-                .iter()
-                .map(|r| metrics::counter!("ringfan_connections_closed_total", "worker" => w.clone(), "reason" => r.name()))
-                .collect(),
-            aborted: c("ringfan_connections_aborted_total"),
-            close_timeouts: c("ringfan_close_timeouts_total"),
-            open: g("ringfan_connections_open"),
-            closing: ["draining", "shutdown_sent", "awaiting_fin"]
-                .map(|s| metrics::gauge!("ringfan_connections_closing", "worker" => w.clone(), "state" => s)),
-            published: c("ringfan_messages_published_total"),
-            delivered: c("ringfan_messages_delivered_total"),
-            dropped: c("ringfan_messages_dropped_total"),
-            bytes_in: c("ringfan_bytes_received_total"),
-            bytes_out: c("ringfan_bytes_sent_total"),
-            bytes_discarded: c("ringfan_bytes_discarded_total"),
-            bytes_lost: c("ringfan_bytes_lost_total"),
-            queue_bytes: g("ringfan_send_queue_bytes"),
-            queue_largest: g("ringfan_send_queue_largest_bytes"),
-            enobufs: c("ringfan_recv_enobufs_total"),
-            stale: c("ringfan_stale_completions_total"),
-            sq_full: c("ringfan_sq_full_total"),
-            cq_overflow: c("ringfan_cq_overflow_total"),
-            protocol_errors: c("ringfan_protocol_errors_total"),
-            unexpected: c("ringfan_unexpected_errors_total"),
-            latency: metrics::histogram!("ringfan_fanout_latency_seconds", "worker" => w.clone()),
+            series,
+            latency: latency.expect("METRICS has the fan-out latency histogram"),
         }
     }
 
     /// Copies the worker's counters and a census of its connections into the recorder.
     pub fn publish(&self, s: &Stats, census: &Census) {
-        self.accepted.absolute(s.accepted);
-        self.refused_limit.absolute(s.refused_limit);
-        self.refused_emfile.absolute(s.refused_emfile);
-        for (counter, v) in self.closed.iter().zip(s.closed) {
-            counter.absolute(v);
+        for series in &self.series {
+            match series {
+                Series::Counter(c, f) => c.absolute(f(s)),
+                Series::ByReason(c, f, i) => c.absolute(f(s)[*i]),
+                Series::Gauge(g, f) => g.set(f(census) as f64),
+            }
         }
-        self.aborted.absolute(s.aborted);
-        self.close_timeouts.absolute(s.close_timeouts);
-        self.published.absolute(s.messages_in);
-        self.delivered.absolute(s.messages_out);
-        self.dropped.absolute(s.messages_dropped);
-        self.bytes_in.absolute(s.bytes_in);
-        self.bytes_out.absolute(s.bytes_out);
-        self.bytes_discarded.absolute(s.bytes_discarded);
-        self.bytes_lost.absolute(s.lost_bytes);
-        self.enobufs.absolute(s.recv_enobufs);
-        self.stale.absolute(s.stale_completions);
-        self.sq_full.absolute(s.driver.sq_full);
-        self.cq_overflow.absolute(s.driver.cq_overflow);
-        self.protocol_errors.absolute(s.protocol_errors);
-        self.unexpected.absolute(s.unexpected_errors);
-        let closing = [census.draining, census.shutdown_sent, census.awaiting_fin];
-        self.open.set(census.open as f64);
-        for (g, v) in self.closing.iter().zip(closing) {
-            g.set(v as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Stats whose every counter holds a different value (1, 2, 3, ...).
+    fn distinct_stats() -> Stats {
+        let mut s = Stats::default();
+        let scalars = [
+            &mut s.accepted,
+            &mut s.aborted,
+            &mut s.close_timeouts,
+            &mut s.shutdown_aborted,
+            &mut s.shutdown_delivered,
+            &mut s.lost_bytes,
+            &mut s.stale_completions,
+            &mut s.bytes_in,
+            &mut s.bytes_out,
+            &mut s.bytes_discarded,
+            &mut s.messages_in,
+            &mut s.messages_out,
+            &mut s.protocol_errors,
+            &mut s.evicted_slow,
+            &mut s.recv_enobufs,
+            &mut s.recv_paused,
+            &mut s.backpressure_turns,
+            &mut s.stalled_turns,
+            &mut s.accept_emfile,
+            &mut s.refused_limit,
+            &mut s.refused_emfile,
+            &mut s.subscriber_bytes_discarded,
+            &mut s.slow_timeouts,
+            &mut s.messages_dropped,
+            &mut s.send_retries,
+            &mut s.unexpected_errors,
+            &mut s.driver.sq_full,
+            &mut s.driver.cq_overflow,
+            &mut s.driver.enter_retries,
+        ];
+        for (i, field) in scalars.into_iter().enumerate() {
+            *field = 1 + i as u64;
         }
-        self.queue_bytes.set(census.queued_bytes as f64);
-        self.queue_largest.set(census.largest_queue_bytes as f64);
+        for (i, (c, u)) in s.closed.iter_mut().zip(&mut s.unsubscribed).enumerate() {
+            (*c, *u) = (100 + i as u64, 200 + i as u64);
+        }
+        s
+    }
+
+    /// Series name (with its labels but `worker`) and value, from a Prometheus text rendering.
+    fn series(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter(|l| l.starts_with("ringfan_") && !l.contains("latency"))
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').unwrap();
+                let series = series
+                    .replace("worker=\"3\",", "")
+                    .replace("{worker=\"3\"}", "");
+                (series.replace("{worker=\"3\"", "{"), value.to_string())
+            })
+            .collect()
+    }
+
+    /// Every counter of `Stats` (as its `Display` lists them) is published as exactly one series
+    /// carrying its value, every census value as one gauge, and every row of METRICS is described
+    /// with its type and help: the table and the counters cannot drift apart.
+    #[test]
+    fn every_counter_is_published_once_with_its_value_and_described() {
+        let recorder = recorder().unwrap();
+        let handle = recorder.handle();
+        let m = metrics::with_local_recorder(&recorder, || {
+            describe();
+            WorkerMetrics::new(3)
+        });
+        let stats = distinct_stats();
+        let census = Census {
+            open: 1001,
+            draining: 1002,
+            shutdown_sent: 1003,
+            awaiting_fin: 1004,
+            queued_bytes: 1005,
+            largest_queue_bytes: 1006,
+        };
+        m.publish(&stats, &census);
+        m.latency.record(0.001);
+        let text = handle.render();
+        for row in METRICS {
+            let (kind, help) = (row.kind(), row.help);
+            assert!(
+                text.contains(&format!("# TYPE {} {kind}\n", row.name)),
+                "{}",
+                row.name
+            );
+            assert!(
+                text.contains(&format!("# HELP {} {help}\n", row.name)),
+                "{}",
+                row.name
+            );
+        }
+        let published = series(&text);
+        let mut values: Vec<u64> = published
+            .iter()
+            .map(|(_, v)| v.parse::<f64>().unwrap() as u64)
+            .collect();
+        values.sort();
+        let shown = stats.to_string();
+        let mut expected: Vec<u64> = shown
+            .split(' ')
+            .map(|kv| kv.split_once('=').unwrap().1.parse().unwrap())
+            .chain(1001..=1006)
+            .collect();
+        expected.sort();
+        assert_eq!(values, expected, "Stats: {shown}\nseries: {published:?}");
+        // A few by name, so a row cannot read the wrong field.
+        for (name, value) in [
+            ("ringfan_connections_refused_total{reason=\"emfile\"}", "21"),
+            (
+                "ringfan_connections_closed_total{reason=\"peer_reset\"}",
+                "101",
+            ),
+            (
+                "ringfan_subscriptions_ended_total{reason=\"peer_fin\"}",
+                "200",
+            ),
+            ("ringfan_shutdown_aborted_total", "4"),
+            ("ringfan_send_retries_total", "25"),
+            ("ringfan_enter_retries_total", "29"),
+            (
+                "ringfan_connections_closing{state=\"awaiting_fin\"}",
+                "1004",
+            ),
+        ] {
+            assert!(
+                published.contains(&(name.to_string(), value.to_string())),
+                "{name} {value} not in {published:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn metric_names_are_unique_and_in_the_style() {
+        let mut names: Vec<&str> = METRICS.iter().map(|m| m.name).collect();
+        for m in METRICS {
+            assert!(m.name.starts_with("ringfan_"), "{}", m.name);
+            assert_eq!(
+                m.kind() == "counter",
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
+        }
+        names.sort();
+        names.dedup();
+        assert_eq!(
+            names.len(),
+            METRICS.len(),
+            "a metric name is in METRICS twice"
+        );
     }
 }

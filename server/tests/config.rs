@@ -241,3 +241,55 @@ fn listening_line_is_the_only_stdout_output_and_threads_1_works() {
         "stdout must hold exactly the listening line"
     );
 }
+
+/// The text between `<!-- NAME -->` and `<!-- /NAME -->` in the README (without the marker
+/// lines), and the README.
+fn readme_section(name: &str) -> (String, std::ops::Range<usize>) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let readme = std::fs::read_to_string(path).expect("read README.md");
+    let (open, close) = (format!("<!-- {name} -->\n"), format!("<!-- /{name} -->"));
+    let start = readme
+        .find(&open)
+        .unwrap_or_else(|| panic!("README.md has no line {open:?}"))
+        + open.len();
+    let end = start
+        + readme[start..]
+            .find(&close)
+            .unwrap_or_else(|| panic!("README.md has no {close:?} after {open:?}"));
+    (readme, start..end)
+}
+
+/// The README's configuration table is exactly what `config::VARS` generates, so the two cannot
+/// drift. `UPDATE_README=1 cargo test --release -p ringfan --test config` rewrites it.
+#[test]
+fn readme_configuration_table_is_generated_from_the_variables_table() {
+    let (readme, range) = readme_section("config-table");
+    let generated = ringfan::config::markdown_table();
+    if std::env::var_os("UPDATE_README").is_some() {
+        let updated = format!(
+            "{}{generated}{}",
+            &readme[..range.start],
+            &readme[range.end..]
+        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        std::fs::write(path, updated).expect("write README.md");
+        return;
+    }
+    assert!(
+        readme[range.clone()] == generated,
+        "README.md's configuration table differs from config::VARS; run \
+         UPDATE_README=1 cargo test --release -p ringfan --test config, or paste:\n{generated}"
+    );
+}
+
+/// Every variable `--help` lists has a README row, and the other way round.
+#[test]
+fn readme_configuration_table_has_a_row_per_variable() {
+    let (readme, range) = readme_section("config-table");
+    let rows: Vec<&str> = readme[range]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .collect();
+    let names: Vec<&str> = ringfan::config::VARS.iter().map(|v| v.name).collect();
+    assert_eq!(rows, names);
+}

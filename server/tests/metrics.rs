@@ -11,19 +11,7 @@ use std::time::{Duration, Instant};
 /// Scrapes `url` (http://127.0.0.1:PORT/metrics) and sums each series over its `worker` label:
 /// `name{reason="x"}` keys keep their other labels.
 fn scrape(addr: &str) -> HashMap<String, f64> {
-    let hostport = addr
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics");
-    let mut s = TcpStream::connect(hostport).expect("connect to the metrics listener");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    assert!(
-        body.starts_with("HTTP/1.1 200"),
-        "scrape failed: {body:.200}"
-    );
+    let body = scrape_text(addr);
     let mut out = HashMap::new();
     for line in body.lines().filter(|l| l.starts_with("ringfan_")) {
         let (series, value) = line.rsplit_once(' ').unwrap();
@@ -45,6 +33,24 @@ fn scrape(addr: &str) -> HashMap<String, f64> {
         *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
     }
     out
+}
+
+/// The whole response to one scrape of `addr` (http://127.0.0.1:PORT/metrics), checked to be a 200.
+fn scrape_text(addr: &str) -> String {
+    let hostport = addr
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut s = TcpStream::connect(hostport).expect("connect to the metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.1 200"),
+        "scrape failed: {body:.200}"
+    );
+    body
 }
 
 fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
@@ -287,4 +293,98 @@ fn stalled_scrapers_do_not_block_others_and_are_closed_after_the_deadline() {
     }
     let m = scrape(&url);
     assert!(m.contains_key("ringfan_connections_open"));
+}
+
+/// Every metric of `ringfan::metrics::METRICS` but the sampled histogram (which appears with its
+/// first sample) is served with its type and help, and with a series for each of the two
+/// workers (each value of its label, if it has one), before any client has connected.
+#[test]
+fn every_metric_of_the_table_is_served_for_every_worker() {
+    if !require_io_uring() {
+        return;
+    }
+    let server = Server::start(&[
+        ("RINGFAN_THREADS", "2"),
+        ("RINGFAN_METRICS_LISTEN", "127.0.0.1:0"),
+    ]);
+    let find = || {
+        server.stdout_lines().iter().find_map(|l| {
+            l.strip_prefix("ringfan metrics on ")
+                .map(|u| u.trim().to_string())
+        })
+    };
+    assert!(
+        wait_until(secs(5), || find().is_some()),
+        "the server prints its metrics address"
+    );
+    let url = find().unwrap();
+    let missing = |text: &str| -> Vec<String> {
+        let mut missing = Vec::new();
+        for m in ringfan::metrics::METRICS
+            .iter()
+            .filter(|m| m.kind() != "histogram")
+        {
+            let head = format!("# TYPE {} {}\n", m.name, m.kind());
+            let help = format!("# HELP {} {}\n", m.name, m.help);
+            let labels: Vec<String> = match m.label() {
+                Some((label, values)) => values
+                    .iter()
+                    .map(|v| format!(",{label}=\"{v}\"}}"))
+                    .collect(),
+                None => vec!["}".into()],
+            };
+            for worker in 0..2 {
+                for l in &labels {
+                    let series = format!("{}{{worker=\"{worker}\"{l} ", m.name);
+                    if !text.contains(&series) {
+                        missing.push(series);
+                    }
+                }
+            }
+            missing.extend(
+                [head, help]
+                    .into_iter()
+                    .filter(|h| !text.contains(h.as_str())),
+            );
+        }
+        missing
+    };
+    // Workers publish every 100 ms after they start: wait for their first publish.
+    let mut text = scrape_text(&url);
+    assert!(
+        wait_until(secs(5), || {
+            text = scrape_text(&url);
+            missing(&text).is_empty()
+        }),
+        "missing from the scrape: {:?}\n{text}",
+        missing(&text)
+    );
+}
+
+/// The README's metrics table is exactly what `ringfan::metrics::METRICS` generates.
+/// `UPDATE_README=1 cargo test --release -p ringfan --test metrics` rewrites it.
+#[test]
+fn readme_metrics_table_is_generated_from_the_metrics_table() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let readme = std::fs::read_to_string(path).expect("read README.md");
+    let (open, close) = ("<!-- metrics-table -->\n", "<!-- /metrics-table -->");
+    let start = readme
+        .find(open)
+        .expect("README.md has a <!-- metrics-table --> line")
+        + open.len();
+    let end = start
+        + readme[start..]
+            .find(close)
+            .expect("README.md has <!-- /metrics-table -->");
+    let generated = ringfan::metrics::markdown_table();
+    if std::env::var_os("UPDATE_README").is_some() {
+        let updated = format!("{}{generated}{}", &readme[..start], &readme[end..]);
+        std::fs::write(path, updated).expect("write README.md");
+        return;
+    }
+    assert!(
+        readme[start..end] == generated,
+        "README.md's metrics table differs from metrics::METRICS; run \
+         UPDATE_README=1 cargo test --release -p ringfan --test metrics, or paste:\n{generated}"
+    );
 }
