@@ -1,4 +1,4 @@
-//! `protocol::LineDecoder` throughput: 1 MiB of 64-byte or 1 KiB lines fed in 16 KiB reads,
+//! `ringfan_protocol::LineDecoder` throughput: 1 MiB of 64-byte or 1 KiB lines fed in 16 KiB reads,
 //! as a worker's receive buffers hand them over. The reads start a third of a line in, so
 //! (as with real TCP reads) nearly every read ends inside a line and the decoder carries a
 //! partial line into the next one.
@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use protocol::LineDecoder;
+use ringfan_protocol::LineDecoder;
 
 const READ_BYTES: usize = 16 << 10;
 const INPUT_BYTES: usize = 1 << 20;

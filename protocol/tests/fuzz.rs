@@ -3,7 +3,7 @@
 //! plain reference split, and holds at most `max - 1` bytes between calls.
 
 use proptest::prelude::*;
-use protocol::LineDecoder;
+use ringfan_protocol::LineDecoder;
 
 /// The reference: split at `\n`, stop at the first line longer than `max` (or a tail that
 /// reached `max` without a newline).

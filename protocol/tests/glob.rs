@@ -2,7 +2,7 @@
 //! is `redis_differential.rs::glob_agrees_with_redis_server`.
 
 use proptest::prelude::*;
-use protocol::glob::matches;
+use ringfan_protocol::glob::matches;
 
 /// Bytes weighted towards the pattern syntax, so classes, ranges and escapes are common.
 fn glob_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {

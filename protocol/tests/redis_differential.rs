@@ -136,7 +136,7 @@ fn glob_agrees_with_redis_server() {
         redis.sort();
         let ours: Vec<Vec<u8>> = channels
             .iter()
-            .filter(|c| protocol::glob::matches(&pattern, c))
+            .filter(|c| ringfan_protocol::glob::matches(&pattern, c))
             .cloned()
             .collect();
         assert_eq!(ours, redis, "pattern {:?}", escape(&pattern));

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use protocol::resp::{
+use ringfan_protocol::resp::{
     split_args, Decoder, Limits, ProtocolError, ARGUMENT_OVERHEAD_BYTES, LINE_BYTES_MAX,
 };
 

@@ -2,7 +2,7 @@
 //! from Redis on purpose. Byte-exact agreement with Redis is `redis_differential.rs`.
 
 use bytes::Bytes;
-use protocol::resp::{Action, Command, Kind, Query, Session, SessionConfig};
+use ringfan_protocol::resp::{Action, Command, Kind, Query, Session, SessionConfig};
 
 fn command(args: &[&str]) -> Command {
     Command {

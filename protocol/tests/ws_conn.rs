@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use protocol::ws::{self, Action, Phase, WsConfig, WsConn};
+use ringfan_protocol::ws::{self, Action, Phase, WsConfig, WsConn};
 
 const MASK: [u8; 4] = [1, 2, 3, 4];
 

@@ -3,7 +3,9 @@
 //! valid frame streams (fragmented, control frames interleaved) give back exactly their messages.
 
 use proptest::prelude::*;
-use protocol::ws::{self, close_code, CloseFrame, Decoder, Event, Failure, Message, Opcode};
+use ringfan_protocol::ws::{
+    self, close_code, CloseFrame, Decoder, Event, Failure, Message, Opcode,
+};
 
 const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
 

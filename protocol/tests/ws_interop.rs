@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::ws::{self, Action, Opcode, WsConfig, WsConn};
+use ringfan_protocol::ws::{self, Action, Opcode, WsConfig, WsConn};
 
 /// How long an echo connection waits for its peer before giving up on it.
 const PEER_TIMEOUT: Duration = Duration::from_secs(20);

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use ring::{Completion, Driver, Epoll, Op, RingConfig, Uring, UserData};
+use ringfan_ring::{Completion, Driver, Epoll, Op, RingConfig, Uring, UserData};
 
 fn uring_or_skip(config: RingConfig) -> Option<Uring> {
     match Uring::new(&config) {

@@ -6,8 +6,8 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use bytes::Bytes;
-use protocol::LineDecoder;
-use ring::{Op, UserData};
+use ringfan_protocol::LineDecoder;
+use ringfan_ring::{Op, UserData};
 
 use crate::lifecycle::{CloseReason, Closing, ReadEnd, ReadHalf, WriteHalf};
 

@@ -10,8 +10,8 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use protocol::Chunk;
-use ring::Doorbell;
+use ringfan_protocol::Chunk;
+use ringfan_ring::Doorbell;
 
 /// The chunks one worker's publishers completed in one loop turn, in order.
 pub struct BatchData {
@@ -159,8 +159,8 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::Chunk;
-    use ring::{Driver, Epoll, RingConfig};
+    use ringfan_protocol::Chunk;
+    use ringfan_ring::{Driver, Epoll, RingConfig};
     use std::sync::mpsc;
     use std::time::Duration;
 

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some("--check") => {
-            return match ring::probe() {
+            return match ringfan_ring::probe() {
                 Ok(features) => {
                     println!("io_uring usable: {features}");
                     ExitCode::SUCCESS

@@ -10,7 +10,7 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use ring::{Doorbell, Driver, Epoll, RingConfig, Uring};
+use ringfan_ring::{Doorbell, Driver, Epoll, RingConfig, Uring};
 
 use ringfan::config::{self, Config, DriverChoice};
 use ringfan::hub::{Batch, Shared};
@@ -107,7 +107,7 @@ fn choose_driver(choice: DriverChoice) -> Result<(bool, String), ExitCode> {
     match choice {
         DriverChoice::Epoll => Ok((false, "epoll (RINGFAN_DRIVER=epoll)".to_string())),
         DriverChoice::IoUring => {
-            match ring::probe() {
+            match ringfan_ring::probe() {
                 Ok(f) => Ok((true, format!("io_uring: {f}"))),
                 Err(e) => {
                     tracing::error!("{e} (RINGFAN_DRIVER=io_uring; RINGFAN_DRIVER=auto would fall back to epoll)");
@@ -115,7 +115,7 @@ fn choose_driver(choice: DriverChoice) -> Result<(bool, String), ExitCode> {
                 }
             }
         }
-        DriverChoice::Auto => match ring::probe() {
+        DriverChoice::Auto => match ringfan_ring::probe() {
             Ok(f) => Ok((true, format!("io_uring: {f}"))),
             Err(e) => {
                 tracing::warn!("{e}. Falling back to the epoll driver (RINGFAN_DRIVER=epoll silences this; RINGFAN_DRIVER=io_uring makes it fatal)");

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use ring::DriverStats;
+use ringfan_ring::DriverStats;
 
 use crate::lifecycle::CloseReason;
 

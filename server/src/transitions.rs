@@ -6,7 +6,7 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ring::{Completion, Doorbell, Driver, DriverStats, Op, UserData};
+use ringfan_ring::{Completion, Doorbell, Driver, DriverStats, Op, UserData};
 
 use crate::config::Config;
 use crate::hub::Shared;

@@ -1,6 +1,6 @@
 //! `ringfan-load`: load generator for ringfan (and Redis pub/sub and NATS for comparison).
 //!
-//! Subscribers receive on io_uring receiver threads (`ring::Uring`, multishot recv into
+//! Subscribers receive on io_uring receiver threads (`ringfan_ring::Uring`, multishot recv into
 //! provided buffers); publishers are blocking sockets on their own threads. See `--help`.
 
 #[path = "../load/mod.rs"]

@@ -1,4 +1,4 @@
-//! Subscriber receive path: io_uring receiver threads, each owning one `ring::Uring` and many
+//! Subscriber receive path: io_uring receiver threads, each owning one `ringfan_ring::Uring` and many
 //! sockets, with multishot recv into provided buffers. No allocation per message.
 
 use std::os::fd::RawFd;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use memchr::memmem;
-use ring::{Doorbell, Driver, Op, RingConfig, Uring, UserData};
+use ringfan_ring::{Doorbell, Driver, Op, RingConfig, Uring, UserData};
 
 use super::cli::Proto;
 use super::sys::{now_ns, send_nonblocking};

@@ -36,8 +36,10 @@ use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use protocol::glob;
-use protocol::resp::{self, encode, Action, Decoder, Kind, Limits, Query, Session, SessionConfig};
+use ringfan_protocol::glob;
+use ringfan_protocol::resp::{
+    self, encode, Action, Decoder, Kind, Limits, Query, Session, SessionConfig,
+};
 
 /// How long one step may wait for its frames or its end of stream.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);

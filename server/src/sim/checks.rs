@@ -1,7 +1,7 @@
 //! The invariants checked after every loop turn ([`Sim::check_worker`]) and at the end of a
 //! run ([`Sim::check_end`]), and the server's own bookkeeping compared with the ring.
 
-use ring::{Op, UserData};
+use ringfan_ring::{Op, UserData};
 
 use crate::lifecycle::{Closing, ReadHalf, WriteHalf};
 use crate::worker::Worker;

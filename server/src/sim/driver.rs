@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use ring::{Completion, Doorbell, Driver, DriverStats, Op, UserData};
+use ringfan_ring::{Completion, Doorbell, Driver, DriverStats, Op, UserData};
 
 use super::knobs::Knobs;
 use super::peer::Peer;

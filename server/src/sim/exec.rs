@@ -3,7 +3,7 @@
 
 use std::os::fd::RawFd;
 
-use ring::UserData;
+use ringfan_ring::UserData;
 
 use super::driver::{read_msg, Kind, OpId, SimDriver};
 use super::peer::PeerState;

@@ -1,6 +1,6 @@
 //! A deterministic, fault-injecting simulated ring under real [`Worker`]s.
 //!
-//! [`SimDriver`] implements [`ring::Driver`] with io_uring's completion semantics and fake peers
+//! [`SimDriver`] implements [`ringfan_ring::Driver`] with io_uring's completion semantics and fake peers
 //! (fds from 900 000 up, reused lowest-first as the kernel does, so the server's few real
 //! syscalls on them, setsockopt and SO_LINGER, fail with EBADF and touch nothing). Everything is
 //! decided by one seed through a self-contained PRNG: the configuration (1 or 2 workers, limits,
@@ -84,7 +84,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ring::Driver;
+use ringfan_ring::Driver;
 
 use crate::config::Config;
 use crate::hub::Shared;

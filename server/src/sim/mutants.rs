@@ -2,7 +2,7 @@
 //! is caught by the checks.
 
 use bytes::Bytes;
-use ring::Driver;
+use ringfan_ring::Driver;
 
 use crate::lifecycle::{Closing, WriteHalf};
 

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
-use ring::{Driver, Op, UserData};
+use ringfan_ring::{Driver, Op, UserData};
 
 use super::driver::{SimDriver, Sock};
 use super::knobs::Knobs;

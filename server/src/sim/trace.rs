@@ -8,7 +8,7 @@ use std::fmt;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 
-use ring::{Completion, Op, UserData};
+use ringfan_ring::{Completion, Op, UserData};
 
 use super::driver::LISTENER_SLOT_MIN;
 

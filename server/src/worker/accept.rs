@@ -3,8 +3,8 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use ring::errno::{self, Outcome};
-use ring::{Completion, Driver, Op, UserData};
+use ringfan_ring::errno::{self, Outcome};
+use ringfan_ring::{Completion, Driver, Op, UserData};
 
 use super::shutdown::Phase;
 use super::Worker;

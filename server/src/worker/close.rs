@@ -25,8 +25,8 @@
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use ring::errno::{self, Outcome};
-use ring::{Driver, Op, UserData};
+use ringfan_ring::errno::{self, Outcome};
+use ringfan_ring::{Driver, Op, UserData};
 
 use super::Worker;
 use crate::conn::Conn;

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::Chunk;
-use ring::Driver;
+use ringfan_protocol::Chunk;
+use ringfan_ring::Driver;
 
 use super::{AfterFanOut, Worker};
 use crate::config::SlowConsumer;

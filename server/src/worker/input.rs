@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use ring::errno::{self, Outcome};
-use ring::{Completion, Driver};
+use ringfan_ring::errno::{self, Outcome};
+use ringfan_ring::{Completion, Driver};
 
 use super::shutdown::Phase;
 use super::{AfterFanOut, Worker};

@@ -23,8 +23,8 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::Chunk;
-use ring::{Completion, Driver, Op};
+use ringfan_protocol::Chunk;
+use ringfan_ring::{Completion, Driver, Op};
 use slab::Slab;
 
 use crate::config::Config;
@@ -43,7 +43,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 
 enum AfterFanOut {
     ReadEnd(ReadEnd),
-    ProtocolError(protocol::FrameTooLong),
+    ProtocolError(ringfan_protocol::FrameTooLong),
 }
 
 pub struct Worker<D: Driver> {

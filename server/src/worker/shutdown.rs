@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ring::{Driver, Op, UserData};
+use ringfan_ring::{Driver, Op, UserData};
 
 use super::accept::accept_ud;
 use super::Worker;
