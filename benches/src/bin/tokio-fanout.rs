@@ -96,7 +96,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    raise_nofile_limit();
+    // One descriptor per connection.
+    if let Err(e) = ringfan_testkit::raise_nofile() {
+        eprintln!("tokio-fanout: {e}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.threads)
         .enable_all()
@@ -711,27 +714,3 @@ fn config() -> Result<Config, String> {
     })
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit (one descriptor per connection).
-fn raise_nofile_limit() {
-    // SAFETY: getrlimit/setrlimit only read/write the struct passed.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
-                eprintln!(
-                    "tokio-fanout: cannot raise RLIMIT_NOFILE from {} to {}: {}",
-                    lim.rlim_cur,
-                    lim.rlim_max,
-                    io::Error::last_os_error()
-                );
-            }
-        }
-    }
-}

@@ -132,9 +132,9 @@ fn slow_thread(
         turn = (turn + 1) % 25;
         if let Some(port) = server_port.filter(|_| turn == 0) {
             rows.clear();
-            super::sys::for_each_server_row(port, |remote, state| {
-                rows.insert(remote, state == "01");
-            });
+            for row in ringfan_testkit::tcp_rows().iter().filter(|r| r.local_port == port) {
+                rows.insert(row.remote_port, row.state == ringfan_testkit::ESTABLISHED);
+            }
             for i in 0..pfds.len() {
                 if !alive[i] {
                     continue;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::cli::{Config, Proto};
 use super::report::Report;
 use super::sys::{
-    connect, count_fds, drain_nonblocking, now_ns, secs_ns, set_linger_zero, tcp_states,
+    connect, try_fd_count, drain_nonblocking, now_ns, secs_ns, set_linger_zero, server_states,
 };
 
 #[derive(Default)]
@@ -93,8 +93,8 @@ fn cycle(cfg: &Config, c: &Counters, n: u64, scratch: &mut [u8]) {
 
 pub fn run(cfg: &Config) -> i32 {
     let port = cfg.addr.port();
-    let fds_before = cfg.server_pid.and_then(count_fds);
-    let before = tcp_states(port);
+    let fds_before = cfg.server_pid.and_then(try_fd_count);
+    let before = server_states(port);
     // With --cycles and no explicit --duration, the cycle count is the bound (cap: 1 hour).
     let dur = if cfg.cycles.is_some() && !cfg.duration_given {
         3600.0
@@ -150,13 +150,13 @@ pub fn run(cfg: &Config) -> i32 {
 
     // Give the server up to 3 s to finish closing, then look at its side of things.
     let settle_end = now_ns() + 3_000_000_000;
-    let mut after = tcp_states(port);
+    let mut after = server_states(port);
     while after.open() > before.open() && now_ns() < settle_end {
         std::thread::sleep(Duration::from_millis(100));
-        after = tcp_states(port);
+        after = server_states(port);
     }
     let settle_s = 3.0 - (settle_end.saturating_sub(now_ns())) as f64 / 1e9;
-    let fds_after = cfg.server_pid.and_then(count_fds);
+    let fds_after = cfg.server_pid.and_then(try_fd_count);
 
     let cycles = c.cycles.load(Relaxed);
     let errors = c.connect_errors.load(Relaxed)
