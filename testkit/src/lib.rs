@@ -335,7 +335,7 @@ pub fn raise_nofile() -> Result<u64, NofileError> {
         });
     }
     if rl.rlim_cur >= rl.rlim_max {
-        return Ok(rl.rlim_cur as u64);
+        return Ok(rl.rlim_cur);
     }
     let want = libc::rlimit {
         rlim_cur: rl.rlim_max,
@@ -345,12 +345,12 @@ pub fn raise_nofile() -> Result<u64, NofileError> {
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
         let source = io::Error::last_os_error();
         return Err(NofileError {
-            soft: rl.rlim_cur as u64,
-            hard: rl.rlim_max as u64,
+            soft: rl.rlim_cur,
+            hard: rl.rlim_max,
             source,
         });
     }
-    Ok(want.rlim_cur as u64)
+    Ok(want.rlim_cur)
 }
 
 /// SO_LINGER {1, 0}: the next close sends RST instead of FIN.

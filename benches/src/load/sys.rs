@@ -6,12 +6,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+pub use ringfan_testkit::{
+    proc_cpu, proc_cpu_secs, raise_nofile, set_linger_zero, set_rcvbuf, try_fd_count, vm_rss_kib,
+};
 use ringfan_testkit::{
     tcp_rows, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
     TIME_WAIT,
-};
-pub use ringfan_testkit::{
-    proc_cpu, proc_cpu_secs, raise_nofile, set_linger_zero, set_rcvbuf, try_fd_count, vm_rss_kib,
 };
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one machine.
