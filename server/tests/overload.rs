@@ -101,7 +101,10 @@ fn refused_client_that_already_sent_data_gets_the_line_then_eof_not_a_reset() {
             .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
             .unwrap_or(false)
     };
-    assert!(wait_until(secs(2), stopped), "the server did not stop on SIGSTOP");
+    assert!(
+        wait_until(secs(2), stopped),
+        "the server did not stop on SIGSTOP"
+    );
     let mut c = Client::connect(server.addr());
     c.stream.write_all(&[b'x'; 10 * 1024]).unwrap();
     let port = c.local_port();

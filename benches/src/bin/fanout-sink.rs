@@ -192,14 +192,46 @@ fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: u64) {
     unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) };
 }
 
+/// The token of the listener in epoll; connections use their slot index.
+const LISTENER: u64 = u64::MAX;
+
 fn main() {
     let cfg = parse();
+    install_signal_handlers();
+    let listener = listen(&cfg);
+    let mut sink = Sink::new(&cfg, &listener);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 4096];
+    let deadline = Instant::now() + Duration::from_secs(cfg.max_seconds);
+    // Bounded by --max-seconds (and SIGINT/SIGTERM).
+    while !STOP.load(Relaxed) && Instant::now() < deadline {
+        // SAFETY: `events` is a live array of the given length.
+        let n = unsafe { libc::epoll_wait(sink.ep, events.as_mut_ptr(), events.len() as i32, 100) };
+        if n < 0 {
+            continue; // EINTR
+        }
+        for ev in &events[..n as usize] {
+            let (flags, token) = (ev.events, ev.u64);
+            if token == LISTENER {
+                sink.accept_all(&listener);
+            } else {
+                sink.on_event(token, flags);
+            }
+        }
+    }
+    sink.finish();
+}
+
+fn install_signal_handlers() {
     // SAFETY: installing async-signal-safe handlers (they only store to an atomic).
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+}
+
+/// Binds the non-blocking listener with a large backlog and prints where it listens.
+fn listen(cfg: &Cfg) -> TcpListener {
     let listener = TcpListener::bind(cfg.listen).unwrap_or_else(|e| {
         eprintln!("fanout-sink: cannot listen on {}: {e}", cfg.listen);
         std::process::exit(1)
@@ -216,186 +248,223 @@ fn main() {
         listener.local_addr().expect("local addr")
     );
     let _ = std::io::stdout().flush();
+    listener
+}
 
-    // SAFETY: plain syscall.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(ep >= 0, "epoll_create1 failed");
-    const LISTENER: u64 = u64::MAX;
-    epoll_ctl(
-        ep,
-        libc::EPOLL_CTL_ADD,
-        listener.as_raw_fd(),
-        libc::EPOLLIN as u32,
-        LISTENER,
-    );
+/// The buffer every writer sends, and how often it was rebuilt.
+struct Current {
+    buf: Arc<Vec<u8>>,
+    gen: u64,
+    size: usize,
+    rebuilt: u64,
+}
 
-    let mut conns: Vec<Option<Conn>> = Vec::new();
-    let mut accepted = 0usize;
-    let mut gen = 1u64;
-    let mut cur = Arc::new(template(cfg.size));
-    stamp(
-        Arc::get_mut(&mut cur).expect("unique buffer"),
-        cfg.size,
-        gen,
-    );
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 4096];
-    let mut scratch = vec![0u8; 64 << 10];
-    let deadline = Instant::now() + Duration::from_secs(cfg.max_seconds);
-    let (mut sent_bytes, mut buffers) = (0u64, 0u64);
+/// The event loop's state: connections by slot, the current buffer and the totals printed at
+/// the end.
+struct Sink {
+    ep: RawFd,
+    conns: Vec<Option<Conn>>,
+    /// The first this many connections accepted are writers (subscribers).
+    subscribers: usize,
+    accepted: usize,
+    current: Current,
+    sent_bytes: u64,
+    scratch: Vec<u8>,
+}
 
-    // Bounded by --max-seconds (and SIGINT/SIGTERM).
-    while !STOP.load(Relaxed) && Instant::now() < deadline {
-        // SAFETY: `events` is a live array of the given length.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 100) };
-        if n < 0 {
-            continue; // EINTR
+impl Sink {
+    fn new(cfg: &Cfg, listener: &TcpListener) -> Sink {
+        // SAFETY: plain syscall.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(ep >= 0, "epoll_create1 failed");
+        epoll_ctl(
+            ep,
+            libc::EPOLL_CTL_ADD,
+            listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            LISTENER,
+        );
+        let gen = 1u64;
+        let mut buf = Arc::new(template(cfg.size));
+        stamp(
+            Arc::get_mut(&mut buf).expect("unique buffer"),
+            cfg.size,
+            gen,
+        );
+        Sink {
+            ep,
+            conns: Vec::new(),
+            subscribers: cfg.subscribers,
+            accepted: 0,
+            current: Current {
+                buf,
+                gen,
+                size: cfg.size,
+                rebuilt: 0,
+            },
+            sent_bytes: 0,
+            scratch: vec![0u8; 64 << 10],
         }
-        for ev in &events[..n as usize] {
-            let (flags, token) = (ev.events, ev.u64);
-            if token == LISTENER {
-                // Bounded: at most 1024 accepts per turn.
-                for _ in 0..1024 {
-                    // SAFETY: accept4 with null address pointers.
-                    let fd = unsafe {
-                        libc::accept4(
-                            listener.as_raw_fd(),
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                        )
-                    };
-                    if fd < 0 {
-                        break;
-                    }
-                    // Like ringfan: the kernel holds at most this much unsent per socket, so
-                    // the generator reads recently written data and the machine's TCP memory
-                    // stays under net.ipv4.tcp_mem's pressure threshold.
-                    let lowat = NOTSENT_LOWAT;
-                    // SAFETY: sets an int option on the fd just accepted.
-                    unsafe {
-                        libc::setsockopt(
-                            fd,
-                            libc::IPPROTO_TCP,
-                            libc::TCP_NOTSENT_LOWAT,
-                            (&lowat as *const i32).cast(),
-                            4,
-                        )
-                    };
-                    let writer = accepted < cfg.subscribers;
-                    accepted += 1;
-                    let slot = match conns.iter().position(|c| c.is_none()) {
-                        Some(i) => i,
-                        None => {
-                            conns.push(None);
-                            conns.len() - 1
-                        }
-                    };
-                    conns[slot] = Some(Conn {
-                        fd,
-                        writer,
-                        gen: 0,
-                        buf: None,
-                        off: 0,
-                    });
-                    let mut want = libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32;
-                    if writer {
-                        want |= libc::EPOLLOUT as u32;
-                    }
-                    epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, want, slot as u64);
-                }
-                continue;
-            }
-            let slot = token as usize;
-            let Some(c) = conns.get_mut(slot).and_then(|c| c.as_mut()) else {
-                continue;
+    }
+
+    fn accept_all(&mut self, listener: &TcpListener) {
+        // Bounded: at most 1024 accepts per turn.
+        for _ in 0..1024 {
+            // SAFETY: accept4 with null address pointers.
+            let fd = unsafe {
+                libc::accept4(
+                    listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
             };
-            let mut close = flags & (libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) != 0;
-            if flags & (libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32) != 0 {
-                // Bounded: at most 16 reads per event.
-                for _ in 0..16 {
-                    // SAFETY: reads into the live scratch buffer.
-                    let r = unsafe {
-                        libc::recv(
-                            c.fd,
-                            scratch.as_mut_ptr().cast(),
-                            scratch.len(),
-                            libc::MSG_DONTWAIT,
-                        )
-                    };
-                    if r > 0 {
-                        if c.writer {
-                            // It talks: a publisher or a sync helper, not a subscriber.
-                            c.writer = false;
-                            c.buf = None;
-                            epoll_ctl(ep, libc::EPOLL_CTL_MOD, c.fd, libc::EPOLLIN as u32, token);
-                        }
-                        continue;
-                    }
-                    if r == 0 {
-                        close = true;
-                    } else {
-                        let e = std::io::Error::last_os_error().raw_os_error();
-                        if !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR)) {
-                            close = true;
-                        }
-                    }
-                    break;
-                }
+            if fd < 0 {
+                break;
             }
-            if !close && c.writer && flags & libc::EPOLLOUT as u32 != 0 {
-                // Bounded: at most BUFFERS_PER_EVENT buffers, and it stops when the socket is full.
-                for _ in 0..BUFFERS_PER_EVENT {
-                    if c.buf.is_none() {
-                        if c.gen == gen {
-                            // This connection already has the current buffer: a fresh one.
-                            refresh(&mut cur, &mut gen, cfg.size);
-                            buffers += 1;
-                        }
-                        c.buf = Some(cur.clone());
-                        c.gen = gen;
-                        c.off = 0;
-                    }
-                    let b = c.buf.as_ref().expect("buffer just set");
-                    // SAFETY: sends from the live buffer, within its length.
-                    let r = unsafe {
-                        libc::send(
-                            c.fd,
-                            b[c.off..].as_ptr().cast(),
-                            b.len() - c.off,
-                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                        )
-                    };
-                    if r > 0 {
-                        c.off += r as usize;
-                        sent_bytes += r as u64;
-                        if c.off < b.len() {
-                            break; // the socket took only part: it is full
-                        }
-                        c.buf = None;
-                    } else {
-                        let e = std::io::Error::last_os_error().raw_os_error();
-                        if r == 0 || !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR)) {
-                            close = true;
-                        }
-                        break;
-                    }
-                }
-            }
-            if close {
-                epoll_ctl(ep, libc::EPOLL_CTL_DEL, c.fd, 0, 0);
-                // SAFETY: we own this fd and close it once.
-                unsafe { libc::close(c.fd) };
-                conns[slot] = None;
-            }
+            self.add(fd);
         }
     }
-    for c in conns.into_iter().flatten() {
-        // SAFETY: we own these fds.
-        unsafe { libc::close(c.fd) };
+
+    fn add(&mut self, fd: RawFd) {
+        // Like ringfan: the kernel holds at most this much unsent per socket, so the generator
+        // reads recently written data and the machine's TCP memory stays under
+        // net.ipv4.tcp_mem's pressure threshold.
+        let lowat = NOTSENT_LOWAT;
+        // SAFETY: sets an int option on the fd just accepted.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&lowat as *const i32).cast(),
+                4,
+            )
+        };
+        let writer = self.accepted < self.subscribers;
+        self.accepted += 1;
+        let slot = match self.conns.iter().position(|c| c.is_none()) {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        self.conns[slot] = Some(Conn {
+            fd,
+            writer,
+            gen: 0,
+            buf: None,
+            off: 0,
+        });
+        let mut want = libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32;
+        if writer {
+            want |= libc::EPOLLOUT as u32;
+        }
+        epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, want, slot as u64);
     }
-    // SAFETY: we own the epoll fd.
-    unsafe { libc::close(ep) };
-    eprintln!(
-        "fanout-sink: accepted {accepted}, sent {sent_bytes} bytes, {buffers} buffers rebuilt"
-    );
+
+    fn on_event(&mut self, token: u64, flags: u32) {
+        let slot = token as usize;
+        let Some(c) = self.conns.get_mut(slot).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        let mut close = flags & (libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) != 0;
+        if flags & (libc::EPOLLIN as u32 | libc::EPOLLRDHUP as u32) != 0 {
+            close |= read_side(self.ep, c, token, &mut self.scratch);
+        }
+        if !close && c.writer && flags & libc::EPOLLOUT as u32 != 0 {
+            close |= write_side(c, &mut self.current, &mut self.sent_bytes);
+        }
+        if close {
+            epoll_ctl(self.ep, libc::EPOLL_CTL_DEL, c.fd, 0, 0);
+            // SAFETY: we own this fd and close it once.
+            unsafe { libc::close(c.fd) };
+            self.conns[slot] = None;
+        }
+    }
+
+    fn finish(self) {
+        for c in self.conns.into_iter().flatten() {
+            // SAFETY: we own these fds.
+            unsafe { libc::close(c.fd) };
+        }
+        // SAFETY: we own the epoll fd.
+        unsafe { libc::close(self.ep) };
+        eprintln!(
+            "fanout-sink: accepted {}, sent {} bytes, {} buffers rebuilt",
+            self.accepted, self.sent_bytes, self.current.rebuilt
+        );
+    }
+}
+
+/// Reads and discards what `c` sent; a connection that talks stops being a writer. True when
+/// it is to be closed (EOF or an error).
+fn read_side(ep: RawFd, c: &mut Conn, token: u64, scratch: &mut [u8]) -> bool {
+    // Bounded: at most 16 reads per event.
+    for _ in 0..16 {
+        // SAFETY: reads into the live scratch buffer.
+        let r = unsafe {
+            libc::recv(
+                c.fd,
+                scratch.as_mut_ptr().cast(),
+                scratch.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r > 0 {
+            if c.writer {
+                // It talks: a publisher or a sync helper, not a subscriber.
+                c.writer = false;
+                c.buf = None;
+                epoll_ctl(ep, libc::EPOLL_CTL_MOD, c.fd, libc::EPOLLIN as u32, token);
+            }
+            continue;
+        }
+        if r == 0 {
+            return true;
+        }
+        let e = std::io::Error::last_os_error().raw_os_error();
+        return !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR));
+    }
+    false
+}
+
+/// Sends buffers to the writer `c` until its socket is full. True when it is to be closed.
+fn write_side(c: &mut Conn, cur: &mut Current, sent_bytes: &mut u64) -> bool {
+    // Bounded: at most BUFFERS_PER_EVENT buffers, and it stops when the socket is full.
+    for _ in 0..BUFFERS_PER_EVENT {
+        if c.buf.is_none() {
+            if c.gen == cur.gen {
+                // This connection already has the current buffer: a fresh one.
+                refresh(&mut cur.buf, &mut cur.gen, cur.size);
+                cur.rebuilt += 1;
+            }
+            c.buf = Some(cur.buf.clone());
+            c.gen = cur.gen;
+            c.off = 0;
+        }
+        let b = c.buf.as_ref().expect("buffer just set");
+        // SAFETY: sends from the live buffer, within its length.
+        let r = unsafe {
+            libc::send(
+                c.fd,
+                b[c.off..].as_ptr().cast(),
+                b.len() - c.off,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if r > 0 {
+            c.off += r as usize;
+            *sent_bytes += r as u64;
+            if c.off < b.len() {
+                return false; // the socket took only part: it is full
+            }
+            c.buf = None;
+        } else {
+            let e = std::io::Error::last_os_error().raw_os_error();
+            return r == 0 || !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR));
+        }
+    }
+    false
 }

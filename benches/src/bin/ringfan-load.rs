@@ -10,7 +10,8 @@ use load::cli::{self, Scenario};
 
 fn main() {
     let cfg = cli::parse(std::env::args().skip(1));
-    let limit = load::sys::raise_nofile();
+    // A limit that cannot be raised is reported below against what this run needs.
+    let limit = load::sys::raise_nofile().unwrap_or_else(|e| e.soft);
     let needed = match cfg.scenario {
         Scenario::Storm => cfg.storm_concurrency,
         _ => cfg.subscribers + 2 * cfg.publishers,

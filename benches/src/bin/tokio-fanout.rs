@@ -96,7 +96,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    raise_nofile_limit();
+    // One descriptor per connection.
+    if let Err(e) = ringfan_testkit::raise_nofile() {
+        eprintln!("tokio-fanout: {e}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.threads)
         .enable_all()
@@ -307,32 +310,10 @@ async fn reader(
             }
         };
 
-        // Find the end of the last complete line, checking every line's length on the way.
-        let mut complete = 0usize;
-        let mut too_long = false;
-        for i in memchr::memchr_iter(b'\n', &buf[scanned..]) {
-            let end = scanned + i + 1;
-            if end - complete > max_frame_bytes {
-                too_long = true;
-                break;
-            }
-            complete = end;
-        }
-        if buf.len() - complete >= max_frame_bytes {
-            // The partial line can only end beyond the limit.
-            too_long = true;
-        }
-        if complete > 0 {
-            let bytes = if complete >= COPY_BELOW {
-                buf.split_to(complete).freeze()
-            } else {
-                let b = Bytes::copy_from_slice(&buf[..complete]);
-                buf.advance(complete);
-                b
-            };
+        let (lines, too_long) = take_lines(&mut buf, &mut scanned, max_frame_bytes);
+        if let Some(bytes) = lines {
             let _ = tx.send(Msg { from: id, bytes });
         }
-        scanned = buf.len();
         if too_long {
             tell(Stop::TooLong(Bytes::from(format!(
                 "-ERR frame exceeds RINGFAN_MAX_FRAME_BYTES ({max_frame_bytes})\n"
@@ -349,6 +330,53 @@ async fn reader(
     // Nothing more is broadcast from this connection; at shutdown this lets writers see Closed.
     drop(tx);
     drop(buf);
+    read_after_end(end, &mut rd, writer_done).await;
+    // `rd` dropped here; the socket closes once the writer has dropped its half too.
+}
+
+/// Splits the complete lines off the front of `buf` (None if there is none yet), checking
+/// every line's length on the way; true when a line is, or can only become, longer than
+/// `max_frame_bytes`. `scanned`: bytes at the start of `buf` already known to hold no `\n`.
+fn take_lines(
+    buf: &mut BytesMut,
+    scanned: &mut usize,
+    max_frame_bytes: usize,
+) -> (Option<Bytes>, bool) {
+    // Find the end of the last complete line.
+    let mut complete = 0usize;
+    let mut too_long = false;
+    for i in memchr::memchr_iter(b'\n', &buf[*scanned..]) {
+        let end = *scanned + i + 1;
+        if end - complete > max_frame_bytes {
+            too_long = true;
+            break;
+        }
+        complete = end;
+    }
+    if buf.len() - complete >= max_frame_bytes {
+        // The partial line can only end beyond the limit.
+        too_long = true;
+    }
+    let lines = (complete > 0).then(|| {
+        if complete >= COPY_BELOW {
+            buf.split_to(complete).freeze()
+        } else {
+            let b = Bytes::copy_from_slice(&buf[..complete]);
+            buf.advance(complete);
+            b
+        }
+    });
+    *scanned = buf.len();
+    (lines, too_long)
+}
+
+/// The reader's last phase: nothing more is broadcast; wait for the peer's FIN, or the
+/// writer, as `end` says.
+async fn read_after_end(
+    end: ReadEnd,
+    rd: &mut OwnedReadHalf,
+    writer_done: oneshot::Receiver<bool>,
+) {
     let mut sink = vec![0u8; 16 * 1024];
     match end {
         ReadEnd::Over => {}
@@ -383,7 +411,6 @@ async fn reader(
             }
         }
     }
-    // `rd` dropped here; the socket closes once the writer has dropped its half too.
 }
 
 struct WriterCtx {
@@ -438,7 +465,7 @@ enum WriteEnd {
 }
 
 async fn writer(
-    mut wr: OwnedWriteHalf,
+    wr: OwnedWriteHalf,
     ctx: WriterCtx,
     mut rx: broadcast::Receiver<Msg>,
     mut stop: oneshot::Receiver<Stop>,
@@ -469,21 +496,7 @@ async fn writer(
             Err(RecvError::Lagged(_)) => break WriteEnd::Evict,
             Err(RecvError::Closed) => break WriteEnd::Closed,
         }
-        let mut after = None;
-        while !batch.full() {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m, &ctx),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Lagged(_)) => {
-                    after = Some(WriteEnd::Evict);
-                    break;
-                }
-                Err(TryRecvError::Closed) => {
-                    after = Some(WriteEnd::Closed);
-                    break;
-                }
-            }
-        }
+        let after = gather(&mut rx, &mut batch, &ctx);
         match write_batch(&wr, &batch.items, &mut pos, Some((&rx, ctx.lag_limit))).await {
             Ok(()) => {
                 batch.clear();
@@ -496,6 +509,38 @@ async fn writer(
             break end;
         }
     };
+    close_write(end, wr, &ctx, &mut rx, batch, pos, writer_done).await;
+}
+
+/// Takes what else is queued into `batch` without waiting, up to its limits. Some(end) when
+/// the channel says the subscriber lagged or every sender is gone.
+fn gather(
+    rx: &mut broadcast::Receiver<Msg>,
+    batch: &mut Batch,
+    ctx: &WriterCtx,
+) -> Option<WriteEnd> {
+    while !batch.full() {
+        match rx.try_recv() {
+            Ok(m) => batch.push(m, ctx),
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Lagged(_)) => return Some(WriteEnd::Evict),
+            Err(TryRecvError::Closed) => return Some(WriteEnd::Closed),
+        }
+    }
+    None
+}
+
+/// The writer's last phase: deliver what the connection is owed and send FIN within the close
+/// timeout, else reset; then tell the reader which of the two happened.
+async fn close_write(
+    end: WriteEnd,
+    mut wr: OwnedWriteHalf,
+    ctx: &WriterCtx,
+    rx: &mut broadcast::Receiver<Msg>,
+    batch: Batch,
+    mut pos: Pos,
+    writer_done: oneshot::Sender<bool>,
+) {
     // Whether the connection got everything it is owed, then our FIN.
     let closing = async {
         match end {
@@ -505,10 +550,8 @@ async fn writer(
                 write_batch(&wr, &batch.items, &mut pos, None).await.is_ok()
                     && wr.shutdown().await.is_ok()
             }
-            WriteEnd::Reader(Stop::Fin) => finish(&mut wr, &ctx, &mut rx, None).await,
-            WriteEnd::Reader(Stop::TooLong(line)) => {
-                finish(&mut wr, &ctx, &mut rx, Some(line)).await
-            }
+            WriteEnd::Reader(Stop::Fin) => finish(&mut wr, ctx, rx, None).await,
+            WriteEnd::Reader(Stop::TooLong(line)) => finish(&mut wr, ctx, rx, Some(line)).await,
         }
     };
     let graceful = tokio::time::timeout(CLOSE_TIMEOUT, closing)
@@ -623,73 +666,16 @@ async fn write_batch(
 }
 
 fn config() -> Result<Config, String> {
-    let get = |name: &str| -> Result<Option<String>, String> {
-        match std::env::var_os(name) {
-            None => Ok(None),
-            Some(v) => v
-                .into_string()
-                .map(Some)
-                .map_err(|v| format!("invalid {name}={v:?}: not UTF-8")),
-        }
-    };
-    let invalid =
-        |name: &str, v: &str, accepted: &str| format!("invalid {name}={v:?}: expected {accepted}");
-    let listen = match get("RINGFAN_LISTEN")? {
-        None => "127.0.0.1:7000".parse().expect("default address parses"),
-        Some(v) => v
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                invalid(
-                    "RINGFAN_LISTEN",
-                    &v,
-                    "host:port, e.g. 127.0.0.1:7000, 0.0.0.0:7000 or [::1]:7000",
-                )
-            })?,
-    };
-    let int = |name: &str, default: u64, min: u64, max: u64| -> Result<u64, String> {
-        match get(name)? {
-            None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (min..=max).contains(n))
-                .ok_or_else(|| invalid(name, &v, &format!("an integer from {min} to {max}"))),
-        }
-    };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let threads = int("RINGFAN_THREADS", cores as u64, 1, 1024)? as usize;
-    let echo = match get("RINGFAN_ECHO")? {
-        None => false,
-        Some(v) => match v.trim() {
-            "1" | "true" | "yes" | "on" => true,
-            "0" | "false" | "no" | "off" => false,
-            _ => {
-                return Err(invalid(
-                    "RINGFAN_ECHO",
-                    &v,
-                    "0 or 1 (also true/false, yes/no, on/off)",
-                ))
-            }
-        },
+    let config = Config {
+        listen: env_listen()?,
+        threads: env_int("RINGFAN_THREADS", cores as u64, 1, 1024)? as usize,
+        echo: env_echo()?,
+        max_frame_bytes: env_max_frame_bytes()?,
+        channel_capacity: env_int("TOKIO_FANOUT_CHANNEL_CAPACITY", 65536, 1, 1 << 24)? as usize,
     };
-    let max_frame_bytes = match get("RINGFAN_MAX_FRAME_BYTES")? {
-        None => 65536,
-        Some(v) => ringfan::config::parse_bytes(&v)
-            .filter(|n| (2..=1 << 30).contains(n))
-            .ok_or_else(|| {
-                invalid(
-                    "RINGFAN_MAX_FRAME_BYTES",
-                    &v,
-                    "a byte count from 2 to 1073741824 (e.g. 65536, 64KiB, 4MiB)",
-                )
-            })?,
-    };
-    let channel_capacity = int("TOKIO_FANOUT_CHANNEL_CAPACITY", 65536, 1, 1 << 24)? as usize;
     for name in [
         "RINGFAN_SEND_QUEUE_BYTES_MAX",
         "RINGFAN_PIN",
@@ -702,36 +688,78 @@ fn config() -> Result<Config, String> {
             eprintln!("tokio-fanout: note: {name} does not apply to this baseline; ignored");
         }
     }
-    Ok(Config {
-        listen,
-        threads,
-        echo,
-        max_frame_bytes,
-        channel_capacity,
+    Ok(config)
+}
+
+fn env_var(name: &str) -> Result<Option<String>, String> {
+    match std::env::var_os(name) {
+        None => Ok(None),
+        Some(v) => v
+            .into_string()
+            .map(Some)
+            .map_err(|v| format!("invalid {name}={v:?}: not UTF-8")),
+    }
+}
+
+fn invalid(name: &str, v: &str, accepted: &str) -> String {
+    format!("invalid {name}={v:?}: expected {accepted}")
+}
+
+fn env_listen() -> Result<SocketAddr, String> {
+    Ok(match env_var("RINGFAN_LISTEN")? {
+        None => "127.0.0.1:7000".parse().expect("default address parses"),
+        Some(v) => v
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                invalid(
+                    "RINGFAN_LISTEN",
+                    &v,
+                    "host:port, e.g. 127.0.0.1:7000, 0.0.0.0:7000 or [::1]:7000",
+                )
+            })?,
     })
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit (one descriptor per connection).
-fn raise_nofile_limit() {
-    // SAFETY: getrlimit/setrlimit only read/write the struct passed.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
-                eprintln!(
-                    "tokio-fanout: cannot raise RLIMIT_NOFILE from {} to {}: {}",
-                    lim.rlim_cur,
-                    lim.rlim_max,
-                    io::Error::last_os_error()
-                );
-            }
-        }
+fn env_int(name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
+    match env_var(name)? {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| invalid(name, &v, &format!("an integer from {min} to {max}"))),
     }
+}
+
+fn env_echo() -> Result<bool, String> {
+    match env_var("RINGFAN_ECHO")? {
+        None => Ok(false),
+        Some(v) => match v.trim() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(invalid(
+                "RINGFAN_ECHO",
+                &v,
+                "0 or 1 (also true/false, yes/no, on/off)",
+            )),
+        },
+    }
+}
+
+fn env_max_frame_bytes() -> Result<usize, String> {
+    Ok(match env_var("RINGFAN_MAX_FRAME_BYTES")? {
+        None => 65536,
+        Some(v) => ringfan::config::parse_bytes(&v)
+            .filter(|n| (2..=1 << 30).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "RINGFAN_MAX_FRAME_BYTES",
+                    &v,
+                    "a byte count from 2 to 1073741824 (e.g. 65536, 64KiB, 4MiB)",
+                )
+            })?,
+    })
 }

@@ -179,8 +179,47 @@ fn secs(flag: &str, v: &str, min: f64, accepted: &str) -> Duration {
     Duration::from_secs_f64(float(flag, v, min, 86_400.0, accepted))
 }
 
+/// Every flag `parse` accepts (each takes a value); anything else is refused by name.
+const FLAGS: [&str; 21] = [
+    "--proto",
+    "--addr",
+    "--subscribers",
+    "--publishers",
+    "--rate",
+    "--size",
+    "--duration",
+    "--warmup",
+    "--connect-rate",
+    "--recv-threads",
+    "--rcvbuf",
+    "--json",
+    "--scenario",
+    "--channel",
+    "--drain",
+    "--cycles",
+    "--storm-concurrency",
+    "--storm-send",
+    "--server-pid",
+    "--slow",
+    "--slow-bytes-per-sec",
+];
+
 pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
-    let mut c = Config {
+    let mut c = defaults();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let (flag, v) = flag_and_value(arg, &mut it);
+        let f = flag.as_str();
+        if !(apply_load_flag(&mut c, f, &v) || apply_scenario_flag(&mut c, f, &v)) {
+            unreachable!("{f} is in FLAGS but has no arm");
+        }
+    }
+    check_slow(&mut c);
+    c
+}
+
+fn defaults() -> Config {
+    Config {
         proto: Proto::Ringfan,
         addr: "127.0.0.1:7000".parse().unwrap(),
         subscribers: 100,
@@ -203,169 +242,166 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
         server_pid: None,
         slow: 1,
         slow_bytes_per_sec: 0,
-    };
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        if arg == "-h" || arg == "--help" {
-            print!("{HELP}");
-            std::process::exit(0);
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        if !flag.starts_with("--") {
-            fail(format!("unexpected argument '{arg}'"));
-        }
-        let known = [
-            "--proto",
-            "--addr",
-            "--subscribers",
-            "--publishers",
-            "--rate",
-            "--size",
-            "--duration",
-            "--warmup",
-            "--connect-rate",
-            "--recv-threads",
-            "--rcvbuf",
-            "--json",
-            "--scenario",
-            "--channel",
-            "--drain",
-            "--cycles",
-            "--storm-concurrency",
-            "--storm-send",
-            "--server-pid",
-            "--slow",
-            "--slow-bytes-per-sec",
-        ];
-        if !known.contains(&flag.as_str()) {
-            fail(format!("unknown flag '{flag}'"));
-        }
-        let v = match inline {
-            Some(v) => v,
-            None => match it.next() {
-                Some(v) => v,
-                None => fail(format!("{flag} needs a value")),
-            },
-        };
-        let f = flag.as_str();
-        match f {
-            "--proto" => {
-                c.proto = match v.as_str() {
-                    "ringfan" => Proto::Ringfan,
-                    "redis" => Proto::Redis,
-                    "nats" => Proto::Nats,
-                    _ => bad(f, &v, "one of ringfan, redis, nats"),
-                }
-            }
-            "--addr" => {
-                let accepted = "HOST:PORT, e.g. 127.0.0.1:7000";
-                let addrs: Vec<SocketAddr> =
-                    v.to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
-                let addr = addrs
-                    .iter()
-                    .find(|a| a.is_ipv4())
-                    .or(addrs.first())
-                    .copied();
-                match addr {
-                    Some(a) if a.port() != 0 => c.addr = a,
-                    _ => bad(f, &v, accepted),
-                }
-            }
-            "--subscribers" => {
-                c.subscribers = int(f, &v, 1usize, 1_000_000, "an integer from 1 to 1000000")
-            }
-            "--publishers" => {
-                c.publishers = int(f, &v, 1usize, MAX_PUBLISHERS, "an integer from 1 to 999")
-            }
-            "--rate" => {
-                c.rate = float(
-                    f,
-                    &v,
-                    0.0,
-                    1e10,
-                    "messages per second >= 0 (0 = as fast as possible)",
-                )
-            }
-            "--size" => c.size = int(f, &v, MIN_SIZE, MAX_SIZE, "bytes from 40 to 1048576"),
-            "--duration" => {
-                c.duration = secs(f, &v, 0.001, "seconds > 0 (fractions allowed)");
-                if c.duration.is_zero() {
-                    bad(f, &v, "seconds > 0");
-                }
-                c.duration_given = true;
-            }
-            "--warmup" => c.warmup = secs(f, &v, 0.0, "seconds >= 0"),
-            "--drain" => c.drain = secs(f, &v, 0.0, "seconds >= 0"),
-            "--connect-rate" => {
-                c.connect_rate = float(f, &v, 1.0, 1e7, "connections per second >= 1")
-            }
-            "--recv-threads" => c.recv_threads = int(f, &v, 1usize, 16, "an integer from 1 to 16"),
-            "--rcvbuf" => match ringfan::config::parse_bytes(&v) {
-                Some(n) if n <= 1 << 30 => c.rcvbuf = n,
-                _ => bad(
-                    f,
-                    &v,
-                    "bytes up to 1g (k/m/g suffixes allowed), 0 = kernel autotuning",
-                ),
-            },
-            "--json" => {
-                if v.is_empty() {
-                    bad(f, &v, "a file path or - for stdout");
-                }
-                c.json = Some(v)
-            }
-            "--scenario" => {
-                c.scenario = match v.as_str() {
-                    "fanout" => Scenario::Fanout,
-                    "storm" => Scenario::Storm,
-                    "slow" => Scenario::Slow,
-                    "idle" => Scenario::Idle,
-                    _ => bad(f, &v, "one of fanout, storm, slow, idle"),
-                }
-            }
-            "--channel" => {
-                let ok = !v.is_empty()
-                    && v.len() <= 200
-                    && v.bytes().all(|b| b.is_ascii_graphic() && b != b'@');
-                if !ok {
-                    bad(
-                        f,
-                        &v,
-                        "1-200 printable ASCII characters, no spaces and no '@'",
-                    );
-                }
-                c.channel = v
-            }
-            "--cycles" => c.cycles = Some(int(f, &v, 1u64, u64::MAX, "an integer >= 1")),
-            "--storm-concurrency" => {
-                c.storm_concurrency = int(f, &v, 1usize, 4096, "an integer from 1 to 4096")
-            }
-            "--storm-send" => {
-                c.storm_send = match v.as_str() {
-                    "yes" | "1" | "true" | "on" => true,
-                    "no" | "0" | "false" | "off" => false,
-                    _ => bad(f, &v, "yes or no"),
-                }
-            }
-            "--server-pid" => c.server_pid = Some(int(f, &v, 1u32, u32::MAX, "a process id")),
-            "--slow" => {
-                c.slow = int(f, &v, 0usize, 1_000_000, "an integer >= 0");
-            }
-            "--slow-bytes-per-sec" => {
-                c.slow_bytes_per_sec = int(
-                    f,
-                    &v,
-                    0u64,
-                    u64::MAX,
-                    "bytes per second >= 0 (0 = never read)",
-                )
-            }
-            _ => unreachable!(),
-        }
     }
+}
+
+/// Splits `--flag=value` or takes the value from the next argument; exits on `--help`, on an
+/// unknown flag and on a missing value.
+fn flag_and_value(arg: String, it: &mut impl Iterator<Item = String>) -> (String, String) {
+    if arg == "-h" || arg == "--help" {
+        print!("{HELP}");
+        std::process::exit(0);
+    }
+    let (flag, inline) = match arg.split_once('=') {
+        Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+        _ => (arg.clone(), None),
+    };
+    if !flag.starts_with("--") {
+        fail(format!("unexpected argument '{arg}'"));
+    }
+    if !FLAGS.contains(&flag.as_str()) {
+        fail(format!("unknown flag '{flag}'"));
+    }
+    let v = match inline {
+        Some(v) => v,
+        None => match it.next() {
+            Some(v) => v,
+            None => fail(format!("{flag} needs a value")),
+        },
+    };
+    (flag, v)
+}
+
+/// The flags that shape the load: target, connections, rate, sizes, times. False if `f` is
+/// not one of them.
+fn apply_load_flag(c: &mut Config, f: &str, v: &str) -> bool {
+    let v = v.to_string();
+    match f {
+        "--proto" => {
+            c.proto = match v.as_str() {
+                "ringfan" => Proto::Ringfan,
+                "redis" => Proto::Redis,
+                "nats" => Proto::Nats,
+                _ => bad(f, &v, "one of ringfan, redis, nats"),
+            }
+        }
+        "--addr" => {
+            let accepted = "HOST:PORT, e.g. 127.0.0.1:7000";
+            let addrs: Vec<SocketAddr> =
+                v.to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+            let addr = addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .copied();
+            match addr {
+                Some(a) if a.port() != 0 => c.addr = a,
+                _ => bad(f, &v, accepted),
+            }
+        }
+        "--subscribers" => {
+            c.subscribers = int(f, &v, 1usize, 1_000_000, "an integer from 1 to 1000000")
+        }
+        "--publishers" => {
+            c.publishers = int(f, &v, 1usize, MAX_PUBLISHERS, "an integer from 1 to 999")
+        }
+        "--rate" => {
+            c.rate = float(
+                f,
+                &v,
+                0.0,
+                1e10,
+                "messages per second >= 0 (0 = as fast as possible)",
+            )
+        }
+        "--size" => c.size = int(f, &v, MIN_SIZE, MAX_SIZE, "bytes from 40 to 1048576"),
+        "--duration" => {
+            c.duration = secs(f, &v, 0.001, "seconds > 0 (fractions allowed)");
+            if c.duration.is_zero() {
+                bad(f, &v, "seconds > 0");
+            }
+            c.duration_given = true;
+        }
+        "--warmup" => c.warmup = secs(f, &v, 0.0, "seconds >= 0"),
+        "--drain" => c.drain = secs(f, &v, 0.0, "seconds >= 0"),
+        "--connect-rate" => c.connect_rate = float(f, &v, 1.0, 1e7, "connections per second >= 1"),
+        "--recv-threads" => c.recv_threads = int(f, &v, 1usize, 16, "an integer from 1 to 16"),
+        "--rcvbuf" => match ringfan::config::parse_bytes(&v) {
+            Some(n) if n <= 1 << 30 => c.rcvbuf = n,
+            _ => bad(
+                f,
+                &v,
+                "bytes up to 1g (k/m/g suffixes allowed), 0 = kernel autotuning",
+            ),
+        },
+        _ => return false,
+    }
+    true
+}
+
+/// The flags that pick the scenario and its options, and the output. False if `f` is not one
+/// of them.
+fn apply_scenario_flag(c: &mut Config, f: &str, v: &str) -> bool {
+    let v = v.to_string();
+    match f {
+        "--json" => {
+            if v.is_empty() {
+                bad(f, &v, "a file path or - for stdout");
+            }
+            c.json = Some(v)
+        }
+        "--scenario" => {
+            c.scenario = match v.as_str() {
+                "fanout" => Scenario::Fanout,
+                "storm" => Scenario::Storm,
+                "slow" => Scenario::Slow,
+                "idle" => Scenario::Idle,
+                _ => bad(f, &v, "one of fanout, storm, slow, idle"),
+            }
+        }
+        "--channel" => {
+            let ok = !v.is_empty()
+                && v.len() <= 200
+                && v.bytes().all(|b| b.is_ascii_graphic() && b != b'@');
+            if !ok {
+                bad(
+                    f,
+                    &v,
+                    "1-200 printable ASCII characters, no spaces and no '@'",
+                );
+            }
+            c.channel = v
+        }
+        "--cycles" => c.cycles = Some(int(f, &v, 1u64, u64::MAX, "an integer >= 1")),
+        "--storm-concurrency" => {
+            c.storm_concurrency = int(f, &v, 1usize, 4096, "an integer from 1 to 4096")
+        }
+        "--storm-send" => {
+            c.storm_send = match v.as_str() {
+                "yes" | "1" | "true" | "on" => true,
+                "no" | "0" | "false" | "off" => false,
+                _ => bad(f, &v, "yes or no"),
+            }
+        }
+        "--server-pid" => c.server_pid = Some(int(f, &v, 1u32, u32::MAX, "a process id")),
+        "--slow" => {
+            c.slow = int(f, &v, 0usize, 1_000_000, "an integer >= 0");
+        }
+        "--slow-bytes-per-sec" => {
+            c.slow_bytes_per_sec = int(
+                f,
+                &v,
+                0u64,
+                u64::MAX,
+                "bytes per second >= 0 (0 = never read)",
+            )
+        }
+        _ => return false,
+    }
+    true
+}
+
+fn check_slow(c: &mut Config) {
     if c.scenario == Scenario::Slow {
         if c.slow > c.subscribers {
             bad(
@@ -378,5 +414,4 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
         // --slow only means something in the slow scenario.
         c.slow = 0;
     }
-    c
 }

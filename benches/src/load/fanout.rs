@@ -18,6 +18,7 @@ use super::sys::{
     sleep_until, tcp_mem_pages, tcp_mem_pressure_pages, vm_rss_kib,
 };
 use super::wire::subscribe_command;
+use hdrhistogram::Histogram;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -97,30 +98,8 @@ fn slow_thread(
     hard_deadline: u64,
     server_port: Option<u16>,
 ) -> SlowResult {
-    let mut res = SlowResult {
-        disconnects: Vec::new(),
-        resets: 0,
-        kernel_view: 0,
-        bytes_read: 0,
-    };
-    let local_ports: Vec<u16> = streams
-        .iter()
-        .map(|s| s.local_addr().map_or(0, |a| a.port()))
-        .collect();
-    let mut seen_row = vec![false; streams.len()];
-    let mut rows: std::collections::HashMap<u16, bool> = std::collections::HashMap::new();
+    let mut slow = SlowReaders::new(&streams, bps);
     let mut turn = 0u64;
-    let mut alive: Vec<bool> = vec![true; streams.len()];
-    let mut credit: Vec<f64> = vec![0.0; streams.len()];
-    let mut scratch = vec![0u8; 64 << 10];
-    let mut pfds: Vec<libc::pollfd> = streams
-        .iter()
-        .map(|s| libc::pollfd {
-            fd: s.as_raw_fd(),
-            events: libc::POLLIN | libc::POLLRDHUP,
-            revents: 0,
-        })
-        .collect();
     let mut last = now_ns();
     // Bounded by the stop flag and a hard deadline.
     while !stop.load(Relaxed) && now_ns() < hard_deadline {
@@ -131,81 +110,160 @@ fn slow_thread(
         // Every 25th turn (250 ms).
         turn = (turn + 1) % 25;
         if let Some(port) = server_port.filter(|_| turn == 0) {
-            rows.clear();
-            super::sys::for_each_server_row(port, |remote, state| {
-                rows.insert(remote, state == "01");
-            });
-            for i in 0..pfds.len() {
-                if !alive[i] {
-                    continue;
-                }
-                match rows.get(&local_ports[i]) {
-                    Some(true) => seen_row[i] = true,
-                    Some(false) => {
-                        alive[i] = false;
-                        res.kernel_view += 1;
-                    }
-                    None if seen_row[i] => {
-                        alive[i] = false;
-                        res.kernel_view += 1;
-                    }
-                    None => {}
-                }
-                if !alive[i] {
-                    pfds[i].events = 0;
-                    pfds[i].fd = -1;
-                    res.disconnects.push(now);
-                }
-            }
+            slow.check_server_rows(port, now);
         }
-        for p in pfds.iter_mut() {
-            p.revents = 0;
+        slow.poll_and_read(dt, now);
+    }
+    drop(streams);
+    slow.res
+}
+
+/// The slow subscribers' sockets as poll entries, with each one's read credit and whether the
+/// server's side of it was seen in /proc/net/tcp.
+struct SlowReaders {
+    res: SlowResult,
+    bps: u64,
+    local_ports: Vec<u16>,
+    seen_row: Vec<bool>,
+    /// Server-side rows by remote port (our local port): true while ESTABLISHED.
+    rows: std::collections::HashMap<u16, bool>,
+    alive: Vec<bool>,
+    credit: Vec<f64>,
+    scratch: Vec<u8>,
+    pfds: Vec<libc::pollfd>,
+}
+
+impl SlowReaders {
+    fn new(streams: &[TcpStream], bps: u64) -> Self {
+        SlowReaders {
+            res: SlowResult {
+                disconnects: Vec::new(),
+                resets: 0,
+                kernel_view: 0,
+                bytes_read: 0,
+            },
+            bps,
+            local_ports: streams
+                .iter()
+                .map(|s| s.local_addr().map_or(0, |a| a.port()))
+                .collect(),
+            seen_row: vec![false; streams.len()],
+            rows: std::collections::HashMap::new(),
+            alive: vec![true; streams.len()],
+            credit: vec![0.0; streams.len()],
+            scratch: vec![0u8; 64 << 10],
+            pfds: streams
+                .iter()
+                .map(|s| libc::pollfd {
+                    fd: s.as_raw_fd(),
+                    events: libc::POLLIN | libc::POLLRDHUP,
+                    revents: 0,
+                })
+                .collect(),
         }
-        // SAFETY: `pfds` is a live array of initialised pollfd of the given length.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 0) };
-        if r <= 0 {
-            continue;
+    }
+
+    /// A server socket that left ESTABLISHED, or vanished after being seen, has disconnected
+    /// that subscriber even if its FIN cannot reach us.
+    fn check_server_rows(&mut self, port: u16, now: u64) {
+        self.rows.clear();
+        for row in ringfan_testkit::tcp_rows()
+            .iter()
+            .filter(|r| r.local_port == port)
+        {
+            self.rows
+                .insert(row.remote_port, row.state == ringfan_testkit::ESTABLISHED);
         }
-        for (i, p) in pfds.iter_mut().enumerate() {
-            if !alive[i] || p.revents == 0 {
+        for i in 0..self.pfds.len() {
+            if !self.alive[i] {
                 continue;
             }
-            let mut gone = p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
-            if p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-                res.resets += 1;
-            }
-            if !gone && bps > 0 && p.revents & libc::POLLIN != 0 {
-                credit[i] = (credit[i] + bps as f64 * dt).min(bps as f64);
-                let want = (credit[i] as usize).min(scratch.len());
-                if want > 0 {
-                    // SAFETY: reads at most `want` <= scratch.len() bytes into `scratch`.
-                    let n = unsafe {
-                        libc::recv(p.fd, scratch.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT)
-                    };
-                    if n > 0 {
-                        credit[i] -= n as f64;
-                        res.bytes_read += n as u64;
-                    } else if n == 0 {
-                        gone = true;
-                    } else {
-                        let e = std::io::Error::last_os_error().raw_os_error();
-                        if !matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR)) {
-                            res.resets += 1;
-                            gone = true;
-                        }
-                    }
+            match self.rows.get(&self.local_ports[i]) {
+                Some(true) => self.seen_row[i] = true,
+                Some(false) => {
+                    self.alive[i] = false;
+                    self.res.kernel_view += 1;
                 }
+                None if self.seen_row[i] => {
+                    self.alive[i] = false;
+                    self.res.kernel_view += 1;
+                }
+                None => {}
             }
-            if gone {
-                alive[i] = false;
-                p.events = 0;
-                p.fd = -1;
-                res.disconnects.push(now);
+            if !self.alive[i] {
+                self.gone(i, now);
             }
         }
     }
-    drop(streams);
-    res
+
+    fn gone(&mut self, i: usize, now: u64) {
+        self.alive[i] = false;
+        self.pfds[i].events = 0;
+        self.pfds[i].fd = -1;
+        self.res.disconnects.push(now);
+    }
+
+    fn poll_and_read(&mut self, dt: f64, now: u64) {
+        for p in self.pfds.iter_mut() {
+            p.revents = 0;
+        }
+        // SAFETY: `pfds` is a live array of initialised pollfd of the given length.
+        let r = unsafe { libc::poll(self.pfds.as_mut_ptr(), self.pfds.len() as libc::nfds_t, 0) };
+        if r <= 0 {
+            return;
+        }
+        for i in 0..self.pfds.len() {
+            let revents = self.pfds[i].revents;
+            if !self.alive[i] || revents == 0 {
+                continue;
+            }
+            let mut gone = revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0;
+            if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                self.res.resets += 1;
+            }
+            if !gone && self.bps > 0 && revents & libc::POLLIN != 0 {
+                gone = self.read_within_credit(i, dt);
+            }
+            if gone {
+                self.gone(i, now);
+            }
+        }
+    }
+
+    /// Reads what subscriber `i`'s credit allows (`bps` per second, at most one second's
+    /// worth). True when the server closed it (EOF or an error).
+    fn read_within_credit(&mut self, i: usize, dt: f64) -> bool {
+        let bps = self.bps as f64;
+        self.credit[i] = (self.credit[i] + bps * dt).min(bps);
+        let want = (self.credit[i] as usize).min(self.scratch.len());
+        if want == 0 {
+            return false;
+        }
+        let fd = self.pfds[i].fd;
+        // SAFETY: reads at most `want` <= scratch.len() bytes into `scratch`.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                self.scratch.as_mut_ptr().cast(),
+                want,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            self.credit[i] -= n as f64;
+            self.res.bytes_read += n as u64;
+            return false;
+        }
+        if n == 0 {
+            return true;
+        }
+        let e = std::io::Error::last_os_error().raw_os_error();
+        if matches!(e, Some(libc::EAGAIN) | Some(libc::EINTR)) {
+            return false;
+        }
+        self.res.resets += 1;
+        true
+    }
 }
 
 pub fn run(cfg: &Config) -> i32 {
@@ -219,9 +277,143 @@ pub fn run(cfg: &Config) -> i32 {
     // The server's memory with none of our connections yet (meaningful on a fresh server).
     let rss_base = cfg.server_pid.and_then(vm_rss_kib);
     let counters = Arc::new(PubCounters::default());
-    let hello = subscribe_command(cfg.proto, &cfg.channel);
+    let run_bound = secs_ns(
+        cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64() + cfg.drain.as_secs_f64() + 600.0,
+    );
+    let Some(subs) = Subscribers::connect(cfg, n_slow, n_fast, &shared, run_bound) else {
+        return 1;
+    };
 
-    // Receivers first: they arm a receive as soon as a socket is handed over.
+    // Wait until every subscription is confirmed (ringfan: until each subscriber received one
+    // of the sync lines, which proves the server registered it).
+    let unconfirmed = wait_ready(cfg, &shared, subs.fast_ok);
+
+    if cfg.scenario == Scenario::Idle {
+        return idle_hold(
+            cfg,
+            &shared,
+            subs.receivers,
+            subs.fast_ok,
+            subs.conn_failed,
+            unconfirmed,
+            rss_base,
+        );
+    }
+
+    let (pubs, pub_failed) = publish::connect_all(cfg);
+    if pubs.is_empty() {
+        eprintln!("ringfan-load: no publisher could connect to {}", cfg.addr);
+        subs.abort(&shared);
+        return 1;
+    }
+
+    let timing = start_timing(cfg, &shared, run_bound);
+    let running = start_publishers(cfg, pubs, &timing, &shared, &counters);
+    let window = progress(cfg, &timing, &shared, &counters);
+
+    let ends = Ends {
+        conn_failed: subs.conn_failed,
+        unconfirmed,
+        pub_failed,
+        fast_ok: subs.fast_ok,
+        slow_ok: subs.slow_ok,
+    };
+    let (results, slow) = wind_down(cfg, &shared, &counters, running, subs);
+
+    let totals = Totals::merge(&results);
+    let mut rep = Report::default();
+    put_setup(&mut rep, cfg);
+    put_throughput(&mut rep, cfg, totals.window_msgs, &window);
+    put_latency(&mut rep, &totals.hist);
+    put_per_subscriber(&mut rep, &results);
+    put_counts(&mut rep, cfg, &totals, &counters, &ends);
+    if cfg.scenario == Scenario::Slow {
+        put_slow(
+            &mut rep,
+            cfg,
+            slow.as_ref(),
+            timing.start,
+            n_slow,
+            ends.slow_ok,
+        );
+    }
+    if !rep.emit(cfg.json.as_deref()) || totals.failed {
+        return 1;
+    }
+    0
+}
+
+/// The subscribers of a run: the fast ones handed to receiver threads, the slow ones read by
+/// their own thread.
+struct Subscribers {
+    receivers: Vec<Receiver>,
+    fast_ok: usize,
+    slow_ok: usize,
+    conn_failed: usize,
+    slow_stop: Arc<AtomicBool>,
+    slow_join: Option<std::thread::JoinHandle<SlowResult>>,
+}
+
+impl Subscribers {
+    /// Starts the receivers, then connects the slow subscribers (and starts their thread), then
+    /// the fast ones. None (after saying why) if a receiver cannot start or nobody connected.
+    fn connect(
+        cfg: &Config,
+        n_slow: usize,
+        n_fast: usize,
+        shared: &Arc<Shared>,
+        run_bound: u64,
+    ) -> Option<Subscribers> {
+        let hello = subscribe_command(cfg.proto, &cfg.channel);
+        // Receivers first: they arm a receive as soon as a socket is handed over.
+        let receivers = spawn_receivers(cfg, n_fast, shared)?;
+
+        let mut slow_streams = Vec::new();
+        let (slow_ok, slow_failed) = connect_paced(cfg, n_slow, "slow subscribers", &hello, |s| {
+            slow_streams.push(s)
+        });
+        let slow_stop = Arc::new(AtomicBool::new(false));
+        let slow_join = (slow_ok > 0).then(|| {
+            let (stop, bps) = (slow_stop.clone(), cfg.slow_bytes_per_sec);
+            let deadline = now_ns() + run_bound;
+            let port = cfg.addr.ip().is_loopback().then_some(cfg.addr.port());
+            std::thread::spawn(move || slow_thread(slow_streams, bps, stop, deadline, port))
+        });
+
+        let mut next = 0usize;
+        let (fast_ok, fast_failed) = connect_paced(cfg, n_fast, "subscribers", &hello, |s| {
+            receivers[next % receivers.len()].add(s.into_raw_fd(), next as u32);
+            next += 1;
+        });
+        if fast_ok + slow_ok == 0 {
+            eprintln!("ringfan-load: no subscriber could connect to {}", cfg.addr);
+            shared.stop.store(true, Relaxed);
+            for r in receivers {
+                r.join();
+            }
+            return None;
+        }
+        Some(Subscribers {
+            receivers,
+            fast_ok,
+            slow_ok,
+            conn_failed: slow_failed + fast_failed,
+            slow_stop,
+            slow_join,
+        })
+    }
+
+    /// Stops the receivers and the slow subscribers' thread without a report.
+    fn abort(self, shared: &Shared) {
+        shared.stop.store(true, Relaxed);
+        self.slow_stop.store(true, Relaxed);
+        for r in self.receivers {
+            r.join();
+        }
+    }
+}
+
+fn spawn_receivers(cfg: &Config, n_fast: usize, shared: &Arc<Shared>) -> Option<Vec<Receiver>> {
     let mut receivers: Vec<Receiver> = Vec::new();
     if n_fast > 0 {
         let k = cfg.recv_threads.min(n_fast);
@@ -236,69 +428,16 @@ pub fn run(cfg: &Config) -> i32 {
                 Ok(r) => receivers.push(r),
                 Err(e) => {
                     eprintln!("ringfan-load: {e}");
-                    return 1;
+                    return None;
                 }
             }
         }
     }
+    Some(receivers)
+}
 
-    let mut slow_streams = Vec::new();
-    let (slow_ok, slow_failed) = connect_paced(cfg, n_slow, "slow subscribers", &hello, |s| {
-        slow_streams.push(s)
-    });
-    let slow_stop = Arc::new(AtomicBool::new(false));
-    let run_bound = secs_ns(
-        cfg.warmup.as_secs_f64() + cfg.duration.as_secs_f64() + cfg.drain.as_secs_f64() + 600.0,
-    );
-    let slow_join = (slow_ok > 0).then(|| {
-        let (stop, bps) = (slow_stop.clone(), cfg.slow_bytes_per_sec);
-        let deadline = now_ns() + run_bound;
-        let port = cfg.addr.ip().is_loopback().then_some(cfg.addr.port());
-        std::thread::spawn(move || slow_thread(slow_streams, bps, stop, deadline, port))
-    });
-
-    let mut next = 0usize;
-    let (fast_ok, fast_failed) = connect_paced(cfg, n_fast, "subscribers", &hello, |s| {
-        receivers[next % receivers.len()].add(s.into_raw_fd(), next as u32);
-        next += 1;
-    });
-    let conn_failed = slow_failed + fast_failed;
-    if fast_ok + slow_ok == 0 {
-        eprintln!("ringfan-load: no subscriber could connect to {}", cfg.addr);
-        shared.stop.store(true, Relaxed);
-        for r in receivers {
-            r.join();
-        }
-        return 1;
-    }
-
-    // Wait until every subscription is confirmed (ringfan: until each subscriber received one
-    // of the sync lines, which proves the server registered it).
-    let unconfirmed = wait_ready(cfg, &shared, fast_ok);
-
-    if cfg.scenario == Scenario::Idle {
-        return idle_hold(
-            cfg,
-            &shared,
-            receivers,
-            fast_ok,
-            conn_failed,
-            unconfirmed,
-            rss_base,
-        );
-    }
-
-    let (pubs, pub_failed) = publish::connect_all(cfg);
-    if pubs.is_empty() {
-        eprintln!("ringfan-load: no publisher could connect to {}", cfg.addr);
-        shared.stop.store(true, Relaxed);
-        slow_stop.store(true, Relaxed);
-        for r in receivers {
-            r.join();
-        }
-        return 1;
-    }
-
+/// Fixes the warm-up and measured window from now and tells the receivers.
+fn start_timing(cfg: &Config, shared: &Shared, run_bound: u64) -> Timing {
     let start = now_ns();
     let timing = Timing {
         start,
@@ -309,9 +448,19 @@ pub fn run(cfg: &Config) -> i32 {
     shared.measure_start.store(timing.measure_start, Relaxed);
     shared.measure_end.store(timing.measure_end, Relaxed);
     shared.run_start.store(start, Relaxed);
+    timing
+}
+
+fn start_publishers(
+    cfg: &Config,
+    pubs: Vec<(u32, TcpStream)>,
+    timing: &Timing,
+    shared: &Arc<Shared>,
+    counters: &Arc<PubCounters>,
+) -> Vec<publish::Publisher> {
     let mut running = Vec::new();
     for (id, s) in pubs {
-        match publish::start(id, s, cfg, &timing, shared.clone(), counters.clone()) {
+        match publish::start(id, s, cfg, timing, shared.clone(), counters.clone()) {
             Ok(p) => running.push(p),
             Err(e) => {
                 eprintln!("publisher {id}: cannot start: {e}");
@@ -319,17 +468,60 @@ pub fn run(cfg: &Config) -> i32 {
             }
         }
     }
+    running
+}
 
-    // Progress once a second until the end of the measured window; the server's CPU time is
-    // sampled at the start and at the end of the measured window.
+/// After the measured window: joins the publishers' writers, drains, then stops the
+/// receivers, the publishers' readers and the slow subscribers, in that order.
+fn wind_down(
+    cfg: &Config,
+    shared: &Shared,
+    counters: &PubCounters,
+    running: Vec<publish::Publisher>,
+    subs: Subscribers,
+) -> (Vec<recv::RecvResult>, Option<SlowResult>) {
+    let mut kept = Vec::new();
+    let mut readers = Vec::new();
+    for p in running {
+        let (s, r) = p.join_writer();
+        kept.push(s);
+        readers.push(r);
+    }
+    drain(cfg, shared);
+
+    shared.stop.store(true, Relaxed);
+    let results: Vec<_> = subs.receivers.into_iter().map(|r| r.join()).collect();
+    counters.stop_readers.store(true, Relaxed);
+    for r in readers {
+        let _ = r.join();
+    }
+    drop(kept);
+    subs.slow_stop.store(true, Relaxed);
+    let slow = subs.slow_join.and_then(|j| j.join().ok());
+    (results, slow)
+}
+
+/// What was sampled around the measured window.
+struct Window {
+    server_rss: Option<u64>,
+    /// (total, user) CPU seconds of the server over the measured window.
+    server_cpu: Option<(f64, f64)>,
+    /// This process's own CPU over the measured window: near the cores it may use, the
+    /// generator is the limit, not the server.
+    own_cpu: Option<(f64, f64)>,
+    /// Peak of the machine's TCP memory, sampled once a second (see --rcvbuf).
+    tcp_mem_peak: u64,
+}
+
+/// Progress once a second until the end of the measured window; the server's CPU time is
+/// sampled at the start and at the end of the measured window.
+fn progress(cfg: &Config, timing: &Timing, shared: &Shared, counters: &PubCounters) -> Window {
+    let start = timing.start;
     let mut tick = start + SEC;
     let (mut last_d, mut last_s) = (0u64, 0u64);
     let mut cpu_start: Option<Option<(f64, f64)>> = None;
     let mut cpu_end: Option<(f64, f64)> = None;
-    // Peak of the machine's TCP memory, sampled once a second (see --rcvbuf).
     let mut tcp_mem_peak = 0u64;
-    // This process's own CPU over the measured window: near the cores it may use, the generator
-    // is the limit, not the server.
     let (mut own_cpu_start, mut own_cpu_end) = (None, None);
     // Bounded: every turn sleeps until the next tick, and the loop ends at the window's end.
     loop {
@@ -373,18 +565,16 @@ pub fn run(cfg: &Config) -> i32 {
         }
         tick += SEC;
     }
-    let server_rss = cfg.server_pid.and_then(vm_rss_kib);
-    let server_cpu = cpu_between(cpu_start.flatten(), cpu_end);
-
-    let mut kept = Vec::new();
-    let mut readers = Vec::new();
-    for p in running {
-        let (s, r) = p.join_writer();
-        kept.push(s);
-        readers.push(r);
+    Window {
+        server_rss: cfg.server_pid.and_then(vm_rss_kib),
+        server_cpu: cpu_between(cpu_start.flatten(), cpu_end),
+        own_cpu: cpu_between(own_cpu_start, own_cpu_end),
+        tcp_mem_peak,
     }
+}
 
-    // Drain: wait (at most --drain) until deliveries stop progressing for 300 ms.
+/// Waits (at most --drain) until deliveries stop progressing for 300 ms.
+fn drain(cfg: &Config, shared: &Shared) {
     let drain_end = now_ns() + secs_ns(cfg.drain.as_secs_f64());
     let mut last_seen = shared.delivered.load(Relaxed);
     let mut last_change = now_ns();
@@ -398,49 +588,72 @@ pub fn run(cfg: &Config) -> i32 {
             break;
         }
     }
+}
 
-    shared.stop.store(true, Relaxed);
-    let results: Vec<_> = receivers.into_iter().map(|r| r.join()).collect();
-    counters.stop_readers.store(true, Relaxed);
-    for r in readers {
-        let _ = r.join();
-    }
-    drop(kept);
-    slow_stop.store(true, Relaxed);
-    let slow = slow_join.and_then(|j| j.join().ok());
+/// The receivers' results summed.
+struct Totals {
+    hist: Histogram<u64>,
+    window_msgs: u64,
+    stale: u64,
+    msgs: u64,
+    lost_gaps: u64,
+    lost_tail: u64,
+    reordered: u64,
+    malformed: u64,
+    eof: u64,
+    resets: u64,
+    never_ready: u64,
+    rearms: u64,
+    enobufs: u64,
+    pongs: u64,
+    /// A receiver stopped on a ring error (printed here).
+    failed: bool,
+}
 
-    // Merge.
-    let mut hist = new_histogram();
-    let mut window_msgs = 0u64;
-    let mut stale = 0u64;
-    let (mut msgs, mut lost_gaps, mut lost_tail, mut reordered, mut malformed) = (0, 0, 0, 0, 0);
-    let (mut eof, mut resets, mut never_ready, mut rearms, mut enobufs, mut pongs) =
-        (0, 0, 0, 0, 0, 0);
-    let mut failed = false;
-    for r in &results {
-        if let Some(e) = &r.error {
-            eprintln!("receiver: {e}");
-            failed = true;
+impl Totals {
+    fn merge(results: &[recv::RecvResult]) -> Totals {
+        let mut t = Totals {
+            hist: new_histogram(),
+            window_msgs: 0,
+            stale: 0,
+            msgs: 0,
+            lost_gaps: 0,
+            lost_tail: 0,
+            reordered: 0,
+            malformed: 0,
+            eof: 0,
+            resets: 0,
+            never_ready: 0,
+            rearms: 0,
+            enobufs: 0,
+            pongs: 0,
+            failed: false,
+        };
+        for r in results {
+            if let Some(e) = &r.error {
+                eprintln!("receiver: {e}");
+                t.failed = true;
+            }
+            let _ = t.hist.add(&r.hist);
+            t.msgs += r.msgs;
+            t.window_msgs += r.window_msgs;
+            t.lost_gaps += r.lost_gaps;
+            t.lost_tail += r.lost_tail;
+            t.reordered += r.reordered;
+            t.malformed += r.malformed;
+            t.stale += r.stale;
+            t.eof += r.eof;
+            t.resets += r.resets;
+            t.never_ready += r.never_ready;
+            t.rearms += r.rearms;
+            t.enobufs += r.enobufs;
+            t.pongs += r.pongs;
         }
-        let _ = hist.add(&r.hist);
-        msgs += r.msgs;
-        window_msgs += r.window_msgs;
-        lost_gaps += r.lost_gaps;
-        lost_tail += r.lost_tail;
-        reordered += r.reordered;
-        malformed += r.malformed;
-        stale += r.stale;
-        eof += r.eof;
-        resets += r.resets;
-        never_ready += r.never_ready;
-        rearms += r.rearms;
-        enobufs += r.enobufs;
-        pongs += r.pongs;
+        t
     }
-    let dur = cfg.duration.as_secs_f64();
-    let published = counters.published.load(Relaxed);
+}
 
-    let mut rep = Report::default();
+fn put_setup(rep: &mut Report, cfg: &Config) {
     rep.put("scenario", cfg.scenario.name())
         .put("proto", cfg.proto.name())
         .put("subs", cfg.subscribers as u64)
@@ -453,6 +666,10 @@ pub fn run(cfg: &Config) -> i32 {
     } else {
         rep.put("rate", "max");
     }
+}
+
+fn put_throughput(rep: &mut Report, cfg: &Config, window_msgs: u64, window: &Window) {
+    let dur = cfg.duration.as_secs_f64();
     // Throughput = the steady-state receive rate: every message received in the measured
     // window, whenever it was sent (a server that queues a backlog still gets credit for what
     // it delivers in the window; what it delivers later does not count).
@@ -463,7 +680,7 @@ pub fn run(cfg: &Config) -> i32 {
             window_msgs as f64 * cfg.size as f64 / dur / 1e6,
             3,
         );
-    match server_cpu {
+    match window.server_cpu {
         Some((c, user)) => {
             rep.put_f("server_cpu_s", c, 3)
                 .put_f("server_user_s", user, 3);
@@ -483,14 +700,18 @@ pub fn run(cfg: &Config) -> i32 {
                 .put("server_user_s_per_m", serde_json::Value::Null);
         }
     }
-    if let Some(kib) = server_rss {
+    if let Some(kib) = window.server_rss {
         rep.put("server_rss_kib", kib);
     }
-    if let Some((c, _)) = cpu_between(own_cpu_start, own_cpu_end) {
+    if let Some((c, _)) = window.own_cpu {
         rep.put_f("load_cpu_s", c, 3)
             .put_f("load_cores_busy", c / cfg.duration.as_secs_f64(), 3)
             .put("load_cores", available_cores());
     }
+    put_tcp_mem(rep, cfg, window.tcp_mem_peak);
+}
+
+fn put_tcp_mem(rep: &mut Report, cfg: &Config, tcp_mem_peak: u64) {
     rep.put("rcvbuf", cfg.rcvbuf as u64)
         .put("tcp_mem_peak_pages", tcp_mem_peak);
     if let Some(limit) = tcp_mem_pressure_pages() {
@@ -504,6 +725,9 @@ pub fn run(cfg: &Config) -> i32 {
             );
         }
     }
+}
+
+fn put_latency(rep: &mut Report, hist: &Histogram<u64>) {
     let q = |v: f64| -> Option<f64> {
         (!hist.is_empty()).then(|| hist.value_at_quantile(v) as f64 / 1e3)
     };
@@ -518,79 +742,92 @@ pub fn run(cfg: &Config) -> i32 {
     } else {
         rep.put("max_us", serde_json::Value::Null);
     }
-    put_per_subscriber(&mut rep, &results);
-    rep.put("lost", lost_gaps + lost_tail)
-        .put("reordered", reordered)
-        .put("malformed", malformed)
-        .put("stale", stale)
-        .put("disconnected", eof + resets)
-        .put("conn_failed", conn_failed as u64)
-        .put("unconfirmed", unconfirmed as u64)
+}
+
+/// How the run's connections ended up, for the counts in the report.
+struct Ends {
+    conn_failed: usize,
+    unconfirmed: usize,
+    pub_failed: usize,
+    fast_ok: usize,
+    slow_ok: usize,
+}
+
+fn put_counts(rep: &mut Report, cfg: &Config, t: &Totals, counters: &PubCounters, ends: &Ends) {
+    let dur = cfg.duration.as_secs_f64();
+    let published = counters.published.load(Relaxed);
+    rep.put("lost", t.lost_gaps + t.lost_tail)
+        .put("reordered", t.reordered)
+        .put("malformed", t.malformed)
+        .put("stale", t.stale)
+        .put("disconnected", t.eof + t.resets)
+        .put("conn_failed", ends.conn_failed as u64)
+        .put("unconfirmed", ends.unconfirmed as u64)
         .put("published", published)
         .put_f("published_msgs_per_s", published as f64 / dur, 1)
         .put(
             "pub_failed",
-            (pub_failed as u64) + counters.errors.load(Relaxed),
+            (ends.pub_failed as u64) + counters.errors.load(Relaxed),
         )
-        .put("delivered", window_msgs)
-        .put("measured_delivered", msgs)
-        .put("expected", published * fast_ok as u64)
-        .put("lost_in_flight", lost_gaps)
-        .put("lost_at_end", lost_tail)
-        .put("fast_subs_connected", fast_ok as u64)
-        .put("eof", eof)
-        .put("resets", resets)
-        .put("never_confirmed", never_ready)
-        .put("recv_rearms", rearms)
-        .put("recv_enobufs", enobufs)
-        .put("sub_pongs", pongs);
-    if cfg.scenario == Scenario::Slow {
-        let times: Vec<f64> = slow
-            .as_ref()
-            .map(|s| {
-                s.disconnects
-                    .iter()
-                    .map(|&t| (t as f64 - start as f64) / 1e9)
-                    .collect()
-            })
-            .unwrap_or_default();
-        rep.put("slow", n_slow as u64)
-            .put("slow_connected", slow_ok as u64)
-            .put("slow_bytes_per_sec", cfg.slow_bytes_per_sec)
-            .put("slow_disconnected", times.len() as u64)
-            .put("slow_resets", slow.as_ref().map_or(0, |s| s.resets))
-            .put(
-                "slow_closed_unseen",
-                slow.as_ref().map_or(0, |s| s.kernel_view),
-            )
-            .put("slow_bytes_read", slow.as_ref().map_or(0, |s| s.bytes_read));
-        let mut sorted = times.clone();
-        sorted.sort_by(|a, b| a.total_cmp(b));
-        match (sorted.first(), sorted.last()) {
-            (Some(&a), Some(&b)) => {
-                rep.put_f("slow_disc_first_s", a, 3)
-                    .put_f("slow_disc_median_s", sorted[sorted.len() / 2], 3)
-                    .put_f("slow_disc_last_s", b, 3);
-            }
-            _ => {
-                rep.put("slow_disc_first_s", serde_json::Value::Null)
-                    .put("slow_disc_median_s", serde_json::Value::Null)
-                    .put("slow_disc_last_s", serde_json::Value::Null);
-            }
+        .put("delivered", t.window_msgs)
+        .put("measured_delivered", t.msgs)
+        .put("expected", published * ends.fast_ok as u64)
+        .put("lost_in_flight", t.lost_gaps)
+        .put("lost_at_end", t.lost_tail)
+        .put("fast_subs_connected", ends.fast_ok as u64)
+        .put("eof", t.eof)
+        .put("resets", t.resets)
+        .put("never_confirmed", t.never_ready)
+        .put("recv_rearms", t.rearms)
+        .put("recv_enobufs", t.enobufs)
+        .put("sub_pongs", t.pongs);
+}
+
+fn put_slow(
+    rep: &mut Report,
+    cfg: &Config,
+    slow: Option<&SlowResult>,
+    start: u64,
+    n_slow: usize,
+    slow_ok: usize,
+) {
+    let times: Vec<f64> = slow
+        .map(|s| {
+            s.disconnects
+                .iter()
+                .map(|&t| (t as f64 - start as f64) / 1e9)
+                .collect()
+        })
+        .unwrap_or_default();
+    rep.put("slow", n_slow as u64)
+        .put("slow_connected", slow_ok as u64)
+        .put("slow_bytes_per_sec", cfg.slow_bytes_per_sec)
+        .put("slow_disconnected", times.len() as u64)
+        .put("slow_resets", slow.map_or(0, |s| s.resets))
+        .put("slow_closed_unseen", slow.map_or(0, |s| s.kernel_view))
+        .put("slow_bytes_read", slow.map_or(0, |s| s.bytes_read));
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    match (sorted.first(), sorted.last()) {
+        (Some(&a), Some(&b)) => {
+            rep.put_f("slow_disc_first_s", a, 3)
+                .put_f("slow_disc_median_s", sorted[sorted.len() / 2], 3)
+                .put_f("slow_disc_last_s", b, 3);
         }
-        let arr: Vec<serde_json::Value> = times
-            .iter()
-            .map(|t| {
-                serde_json::Number::from_f64((t * 1000.0).round() / 1000.0)
-                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
-            })
-            .collect();
-        rep.put("slow_disconnect_times_s", serde_json::Value::Array(arr));
+        _ => {
+            rep.put("slow_disc_first_s", serde_json::Value::Null)
+                .put("slow_disc_median_s", serde_json::Value::Null)
+                .put("slow_disc_last_s", serde_json::Value::Null);
+        }
     }
-    if !rep.emit(cfg.json.as_deref()) || failed {
-        return 1;
-    }
-    0
+    let arr: Vec<serde_json::Value> = times
+        .iter()
+        .map(|t| {
+            serde_json::Number::from_f64((t * 1000.0).round() / 1000.0)
+                .map_or(serde_json::Value::Null, serde_json::Value::Number)
+        })
+        .collect();
+    rep.put("slow_disconnect_times_s", serde_json::Value::Array(arr));
 }
 
 /// The idle scenario: the subscribers are connected and confirmed; hold them for --duration

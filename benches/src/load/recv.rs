@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use memchr::memmem;
-use ringfan_ring::{Doorbell, Driver, Op, RingConfig, Uring, UserData};
+use ringfan_ring::{Completion, Doorbell, Driver, Op, RingConfig, Uring, UserData};
 
 use super::cli::Proto;
 use super::sys::{now_ns, send_nonblocking};
@@ -290,43 +290,13 @@ fn run(
     publishers: usize,
     shared: &Shared,
 ) -> RecvResult {
-    let mut conns: Vec<Conn> = Vec::new();
-    let mut last: Vec<u64> = Vec::new();
+    let mut r = Receiving::new(proto, publishers, shared);
     let mut cqes = Vec::with_capacity(8192);
-    let ping = memmem::Finder::new(b"PING\r\n");
-    let mut acc = Acc {
-        hist: new_histogram(),
-        now: 0,
-        measure_start: u64::MAX,
-        measure_end: u64::MAX,
-        run_start: u64::MAX,
-        stale: 0,
-        all: 0,
-        window: 0,
-        msgs: 0,
-        lost: 0,
-        reordered: 0,
-        malformed: 0,
-    };
-    let (mut eof, mut resets, mut rearms, mut enobufs, mut pongs) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut error = None;
     let mut reported_all = 0u64;
     // Bounded: ends when the orchestrator sets `stop` (it always does), or on a ring error.
     loop {
-        while let Ok((fd, order)) = rx.try_recv() {
-            let slot = conns.len() as u32;
-            conns.push(Conn {
-                fd,
-                order,
-                hist: None,
-                ready: false,
-                alive: true,
-                hs: Vec::new(),
-                scanner: Scanner::default(),
-            });
-            last.resize(last.len() + publishers, 0);
-            drv.recv_multi(fd, UserData::new(slot, 0, Op::Recv));
-        }
+        r.adopt(drv, &rx);
         if shared.stop.load(Relaxed) {
             break;
         }
@@ -336,151 +306,259 @@ fn run(
         }
         cqes.clear();
         drv.completions(&mut cqes);
-        acc.measure_start = shared.measure_start.load(Relaxed);
-        acc.measure_end = shared.measure_end.load(Relaxed);
-        acc.run_start = shared.run_start.load(Relaxed);
+        r.acc.measure_start = shared.measure_start.load(Relaxed);
+        r.acc.measure_end = shared.measure_end.load(Relaxed);
+        r.acc.run_start = shared.run_start.load(Relaxed);
         for c in &cqes {
-            if c.user_data.op() != Some(Op::Recv) {
-                continue;
-            }
-            let idx = c.user_data.slot() as usize;
-            let Some(conn) = conns.get_mut(idx) else {
-                if let Some(id) = c.buffer {
-                    drv.recycle(id);
-                }
-                continue;
-            };
+            r.on_completion(drv, c);
+        }
+        if r.acc.all != reported_all {
+            shared
+                .delivered
+                .fetch_add(r.acc.all - reported_all, Relaxed);
+            reported_all = r.acc.all;
+        }
+    }
+    r.finish(error)
+}
+
+/// Per-thread counts of how receives ended and were re-armed, and of NATS PONGs sent.
+#[derive(Default)]
+struct Counts {
+    eof: u64,
+    resets: u64,
+    rearms: u64,
+    enobufs: u64,
+    pongs: u64,
+}
+
+/// A receiver thread's state between completions.
+struct Receiving<'a> {
+    shared: &'a Shared,
+    proto: Proto,
+    publishers: usize,
+    conns: Vec<Conn>,
+    /// The last seq seen per connection and publisher, `publishers` entries per connection.
+    last: Vec<u64>,
+    acc: Acc,
+    counts: Counts,
+    ping: memmem::Finder<'static>,
+}
+
+impl<'a> Receiving<'a> {
+    fn new(proto: Proto, publishers: usize, shared: &'a Shared) -> Self {
+        Receiving {
+            shared,
+            proto,
+            publishers,
+            conns: Vec::new(),
+            last: Vec::new(),
+            acc: Acc {
+                hist: new_histogram(),
+                now: 0,
+                measure_start: u64::MAX,
+                measure_end: u64::MAX,
+                run_start: u64::MAX,
+                stale: 0,
+                all: 0,
+                window: 0,
+                msgs: 0,
+                lost: 0,
+                reordered: 0,
+                malformed: 0,
+            },
+            counts: Counts::default(),
+            ping: memmem::Finder::new(b"PING\r\n"),
+        }
+    }
+
+    /// Takes the sockets the orchestrator handed over and arms a multishot recv on each.
+    fn adopt(&mut self, drv: &mut Uring, rx: &mpsc::Receiver<(RawFd, u32)>) {
+        while let Ok((fd, order)) = rx.try_recv() {
+            let slot = self.conns.len() as u32;
+            self.conns.push(Conn {
+                fd,
+                order,
+                hist: None,
+                ready: false,
+                alive: true,
+                hs: Vec::new(),
+                scanner: Scanner::default(),
+            });
+            self.last.resize(self.last.len() + self.publishers, 0);
+            drv.recv_multi(fd, UserData::new(slot, 0, Op::Recv));
+        }
+    }
+
+    fn on_completion(&mut self, drv: &mut Uring, c: &Completion) {
+        if c.user_data.op() != Some(Op::Recv) {
+            return;
+        }
+        let idx = c.user_data.slot() as usize;
+        let Some(conn) = self.conns.get_mut(idx) else {
             if let Some(id) = c.buffer {
-                if c.result > 0 {
-                    let data = drv.buffer(id, c.result as usize);
-                    acc.now = now_ns();
-                    let last = &mut last[idx * publishers..(idx + 1) * publishers];
-                    let fm = &shared.first_measured[..];
-                    if conn.ready {
-                        conn.scanner
-                            .feed(data, |ev| acc.on_event(ev, last, fm, &mut conn.hist));
-                    } else if proto == Proto::Ringfan {
-                        conn.ready = true;
-                        shared.ready.fetch_add(1, Relaxed);
-                        conn.scanner
-                            .feed(data, |ev| acc.on_event(ev, last, fm, &mut conn.hist));
-                    } else {
-                        conn.hs.extend_from_slice(data);
-                        match handshake(proto, &conn.hs) {
-                            Handshake::Pending if conn.hs.len() > 1 << 16 => {
-                                // Something we do not understand: stop waiting, scan from here.
-                                conn.ready = true;
-                                conn.hs = Vec::new();
-                                shared.hs_failed.fetch_add(1, Relaxed);
-                            }
-                            Handshake::Pending => {}
-                            Handshake::Ready(off) => {
-                                conn.ready = true;
-                                shared.ready.fetch_add(1, Relaxed);
-                                let hs = std::mem::take(&mut conn.hs);
-                                conn.scanner.feed(&hs[off..], |ev| {
-                                    acc.on_event(ev, last, fm, &mut conn.hist)
-                                });
-                            }
-                            Handshake::Failed(line) => {
-                                if shared.hs_failed.fetch_add(1, Relaxed) == 0 {
-                                    eprintln!("subscriber handshake failed: {line}");
-                                }
-                                conn.ready = true;
-                                conn.hs = Vec::new();
-                            }
-                        }
-                    }
-                    // NATS servers ping idle-looking clients; answer so long runs survive.
-                    // A PING split across two buffers is missed (the server pings again).
-                    if proto == Proto::Nats
-                        && conn.ready
-                        && ping.find(data).is_some()
-                        && send_nonblocking(conn.fd, b"PONG\r\n")
-                    {
-                        pongs += 1;
-                    }
-                }
                 drv.recycle(id);
             }
-            if !c.more && conn.alive {
-                let r = c.result;
-                if r > 0
-                    || r == -libc::ENOBUFS
-                    || r == -libc::ECANCELED
-                    || r == -libc::EINTR
-                    || r == -libc::EAGAIN
+            return;
+        };
+        if let Some(id) = c.buffer {
+            if c.result > 0 {
+                let data = drv.buffer(id, c.result as usize);
+                self.acc.now = now_ns();
+                let last = &mut self.last[idx * self.publishers..(idx + 1) * self.publishers];
+                on_data(conn, data, self.proto, &mut self.acc, last, self.shared);
+                // NATS servers ping idle-looking clients; answer so long runs survive.
+                // A PING split across two buffers is missed (the server pings again).
+                if self.proto == Proto::Nats
+                    && conn.ready
+                    && self.ping.find(data).is_some()
+                    && send_nonblocking(conn.fd, b"PONG\r\n")
                 {
-                    if r == -libc::ENOBUFS {
-                        enobufs += 1;
-                    }
-                    rearms += 1;
-                    drv.recv_multi(conn.fd, c.user_data);
-                } else {
-                    conn.alive = false;
-                    if r == 0 {
-                        eof += 1;
-                    } else {
-                        resets += 1;
-                    }
-                    shared.disconnected.fetch_add(1, Relaxed);
+                    self.counts.pongs += 1;
                 }
             }
+            drv.recycle(id);
         }
-        if acc.all != reported_all {
-            shared.delivered.fetch_add(acc.all - reported_all, Relaxed);
-            reported_all = acc.all;
-        }
-    }
-    // Messages of the measured window that never arrived.
-    let mut lost_tail = 0u64;
-    let mut never_ready = 0u64;
-    for (i, conn) in conns.iter().enumerate() {
-        if !conn.ready {
-            never_ready += 1;
-        }
-        for p in 0..publishers {
-            let fm = shared.first_measured[p].load(Relaxed);
-            let ls = shared.last_sent[p].load(Relaxed);
-            if fm == 0 || ls < fm {
-                continue;
-            }
-            let seen = last[i * publishers + p].max(fm - 1);
-            lost_tail += ls.saturating_sub(seen);
+        if !c.more && conn.alive {
+            rearm_or_end(drv, conn, c, &mut self.counts, self.shared);
         }
     }
-    let fds: Vec<RawFd> = conns.iter().map(|c| c.fd).collect();
-    let per_sub = conns
-        .iter()
-        .filter_map(|c| {
-            let h = c.hist.as_ref()?;
-            Some(SubLatency {
-                order: c.order,
-                samples: h.len(),
-                p50_us: h.value_at_quantile(0.5),
-                p99_us: h.value_at_quantile(0.99),
+
+    fn finish(self, error: Option<String>) -> RecvResult {
+        let lost_tail = self.lost_tail();
+        let never_ready = self.conns.iter().filter(|c| !c.ready).count() as u64;
+        let fds: Vec<RawFd> = self.conns.iter().map(|c| c.fd).collect();
+        let per_sub = self
+            .conns
+            .iter()
+            .filter_map(|c| {
+                let h = c.hist.as_ref()?;
+                Some(SubLatency {
+                    order: c.order,
+                    samples: h.len(),
+                    p50_us: h.value_at_quantile(0.5),
+                    p99_us: h.value_at_quantile(0.99),
+                })
             })
-        })
-        .collect();
-    RecvResult {
-        hist: acc.hist,
-        per_sub,
-        msgs: acc.msgs,
-        window_msgs: acc.window,
-        lost_gaps: acc.lost,
-        lost_tail,
-        reordered: acc.reordered,
-        malformed: acc.malformed,
-        stale: acc.stale,
-        eof,
-        resets,
-        never_ready,
-        rearms,
-        enobufs,
-        pongs,
-        error,
+            .collect();
+        let (acc, counts) = (self.acc, self.counts);
+        RecvResult {
+            hist: acc.hist,
+            per_sub,
+            msgs: acc.msgs,
+            window_msgs: acc.window,
+            lost_gaps: acc.lost,
+            lost_tail,
+            reordered: acc.reordered,
+            malformed: acc.malformed,
+            stale: acc.stale,
+            eof: counts.eof,
+            resets: counts.resets,
+            never_ready,
+            rearms: counts.rearms,
+            enobufs: counts.enobufs,
+            pongs: counts.pongs,
+            error,
+        }
+        .with_closed(fds)
     }
-    .with_closed(fds)
+
+    /// Messages of the measured window that never arrived.
+    fn lost_tail(&self) -> u64 {
+        let mut lost_tail = 0u64;
+        for i in 0..self.conns.len() {
+            for p in 0..self.publishers {
+                let fm = self.shared.first_measured[p].load(Relaxed);
+                let ls = self.shared.last_sent[p].load(Relaxed);
+                if fm == 0 || ls < fm {
+                    continue;
+                }
+                let seen = self.last[i * self.publishers + p].max(fm - 1);
+                lost_tail += ls.saturating_sub(seen);
+            }
+        }
+        lost_tail
+    }
+}
+
+/// Feeds received bytes to the connection's scanner, first through the protocol's subscribe
+/// handshake (Redis and NATS) until it is acknowledged.
+fn on_data(
+    conn: &mut Conn,
+    data: &[u8],
+    proto: Proto,
+    acc: &mut Acc,
+    last: &mut [u64],
+    shared: &Shared,
+) {
+    let fm = &shared.first_measured[..];
+    if conn.ready {
+        conn.scanner
+            .feed(data, |ev| acc.on_event(ev, last, fm, &mut conn.hist));
+        return;
+    }
+    if proto == Proto::Ringfan {
+        conn.ready = true;
+        shared.ready.fetch_add(1, Relaxed);
+        conn.scanner
+            .feed(data, |ev| acc.on_event(ev, last, fm, &mut conn.hist));
+        return;
+    }
+    conn.hs.extend_from_slice(data);
+    match handshake(proto, &conn.hs) {
+        Handshake::Pending if conn.hs.len() > 1 << 16 => {
+            // Something we do not understand: stop waiting, scan from here.
+            conn.ready = true;
+            conn.hs = Vec::new();
+            shared.hs_failed.fetch_add(1, Relaxed);
+        }
+        Handshake::Pending => {}
+        Handshake::Ready(off) => {
+            conn.ready = true;
+            shared.ready.fetch_add(1, Relaxed);
+            let hs = std::mem::take(&mut conn.hs);
+            conn.scanner
+                .feed(&hs[off..], |ev| acc.on_event(ev, last, fm, &mut conn.hist));
+        }
+        Handshake::Failed(line) => {
+            if shared.hs_failed.fetch_add(1, Relaxed) == 0 {
+                eprintln!("subscriber handshake failed: {line}");
+            }
+            conn.ready = true;
+            conn.hs = Vec::new();
+        }
+    }
+}
+
+/// A multishot recv ended: re-arm it unless the peer is gone (EOF or an error).
+fn rearm_or_end(
+    drv: &mut Uring,
+    conn: &mut Conn,
+    c: &Completion,
+    counts: &mut Counts,
+    shared: &Shared,
+) {
+    let r = c.result;
+    if r > 0
+        || r == -libc::ENOBUFS
+        || r == -libc::ECANCELED
+        || r == -libc::EINTR
+        || r == -libc::EAGAIN
+    {
+        if r == -libc::ENOBUFS {
+            counts.enobufs += 1;
+        }
+        counts.rearms += 1;
+        drv.recv_multi(conn.fd, c.user_data);
+    } else {
+        conn.alive = false;
+        if r == 0 {
+            counts.eof += 1;
+        } else {
+            counts.resets += 1;
+        }
+        shared.disconnected.fetch_add(1, Relaxed);
+    }
 }
 
 impl RecvResult {

@@ -6,12 +6,14 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::cli::{Config, Proto};
 use super::report::Report;
 use super::sys::{
-    connect, count_fds, drain_nonblocking, now_ns, secs_ns, set_linger_zero, tcp_states,
+    connect, drain_nonblocking, now_ns, secs_ns, server_states, set_linger_zero, try_fd_count,
+    ServerStates,
 };
 
 #[derive(Default)]
@@ -93,8 +95,8 @@ fn cycle(cfg: &Config, c: &Counters, n: u64, scratch: &mut [u8]) {
 
 pub fn run(cfg: &Config) -> i32 {
     let port = cfg.addr.port();
-    let fds_before = cfg.server_pid.and_then(count_fds);
-    let before = tcp_states(port);
+    let fds_before = cfg.server_pid.and_then(try_fd_count);
+    let before = server_states(port);
     // With --cycles and no explicit --duration, the cycle count is the bound (cap: 1 hour).
     let dur = if cfg.cycles.is_some() && !cfg.duration_given {
         3600.0
@@ -104,6 +106,45 @@ pub fn run(cfg: &Config) -> i32 {
     let start = now_ns();
     let end = start + secs_ns(dur);
     let c = Arc::new(Counters::default());
+    let threads = spawn_threads(cfg, &c, end);
+    progress(&threads, &c, start);
+    for h in threads {
+        let _ = h.join();
+    }
+    let elapsed = (now_ns() - start) as f64 / 1e9;
+
+    // Give the server up to 3 s to finish closing, then look at its side of things.
+    let settle_end = now_ns() + 3_000_000_000;
+    let mut after = server_states(port);
+    while after.open() > before.open() && now_ns() < settle_end {
+        std::thread::sleep(Duration::from_millis(100));
+        after = server_states(port);
+    }
+    let settle_s = 3.0 - (settle_end.saturating_sub(now_ns())) as f64 / 1e9;
+    let fds_after = cfg.server_pid.and_then(try_fd_count);
+
+    let cycles = c.cycles.load(Relaxed);
+    let mut rep = Report::default();
+    put_cycles(&mut rep, cfg, &c, elapsed);
+    rep.put_f("settle_s", settle_s, 2);
+    put_server_side(&mut rep, &before, &after, fds_before, fds_after);
+    let ok = rep.emit(cfg.json.as_deref());
+    if cycles == 0 {
+        eprintln!(
+            "ringfan-load: no storm cycle completed against {}",
+            cfg.addr
+        );
+        return 1;
+    }
+    if ok {
+        0
+    } else {
+        1
+    }
+}
+
+/// One thread per --storm-concurrency, each running cycles until `end` or --cycles.
+fn spawn_threads(cfg: &Config, c: &Arc<Counters>, end: u64) -> Vec<JoinHandle<()>> {
     let mut threads = Vec::new();
     for t in 0..cfg.storm_concurrency {
         let (cfg, c) = (cfg.clone(), c.clone());
@@ -125,6 +166,11 @@ pub fn run(cfg: &Config) -> i32 {
             Err(e) => eprintln!("cannot start storm thread {t}: {e}"),
         }
     }
+    threads
+}
+
+/// A progress line once a second until every thread has finished.
+fn progress(threads: &[JoinHandle<()>], c: &Counters, start: u64) {
     let mut last = 0u64;
     let mut tick = start + 1_000_000_000;
     while threads.iter().any(|h| !h.is_finished()) {
@@ -143,27 +189,14 @@ pub fn run(cfg: &Config) -> i32 {
             tick += 1_000_000_000;
         }
     }
-    for h in threads {
-        let _ = h.join();
-    }
-    let elapsed = (now_ns() - start) as f64 / 1e9;
+}
 
-    // Give the server up to 3 s to finish closing, then look at its side of things.
-    let settle_end = now_ns() + 3_000_000_000;
-    let mut after = tcp_states(port);
-    while after.open() > before.open() && now_ns() < settle_end {
-        std::thread::sleep(Duration::from_millis(100));
-        after = tcp_states(port);
-    }
-    let settle_s = 3.0 - (settle_end.saturating_sub(now_ns())) as f64 / 1e9;
-    let fds_after = cfg.server_pid.and_then(count_fds);
-
+fn put_cycles(rep: &mut Report, cfg: &Config, c: &Counters, elapsed: f64) {
     let cycles = c.cycles.load(Relaxed);
     let errors = c.connect_errors.load(Relaxed)
         + c.write_errors.load(Relaxed)
         + c.half_timeouts.load(Relaxed)
         + c.half_resets.load(Relaxed);
-    let mut rep = Report::default();
     rep.put("scenario", "storm")
         .put("proto", cfg.proto.name())
         .put("concurrency", cfg.storm_concurrency as u64)
@@ -177,9 +210,17 @@ pub fn run(cfg: &Config) -> i32 {
         .put("half_close_resets", c.half_resets.load(Relaxed))
         .put("fin", c.fin.load(Relaxed))
         .put("rst", c.rst.load(Relaxed))
-        .put("half", c.half.load(Relaxed))
-        .put_f("settle_s", settle_s, 2)
-        .put("srv_established", after.established)
+        .put("half", c.half.load(Relaxed));
+}
+
+fn put_server_side(
+    rep: &mut Report,
+    before: &ServerStates,
+    after: &ServerStates,
+    fds_before: Option<usize>,
+    fds_after: Option<usize>,
+) {
+    rep.put("srv_established", after.established)
         .put("srv_close_wait", after.close_wait)
         .put("srv_fin_wait1", after.fin_wait1)
         .put("srv_fin_wait2", after.fin_wait2)
@@ -191,17 +232,4 @@ pub fn run(cfg: &Config) -> i32 {
     let opt = |v: Option<usize>| v.map_or(serde_json::Value::Null, |n| (n as u64).into());
     rep.put("srv_fds_before", opt(fds_before))
         .put("srv_fds_after", opt(fds_after));
-    let ok = rep.emit(cfg.json.as_deref());
-    if cycles == 0 {
-        eprintln!(
-            "ringfan-load: no storm cycle completed against {}",
-            cfg.addr
-        );
-        return 1;
-    }
-    if ok {
-        0
-    } else {
-        1
-    }
 }

@@ -1,9 +1,18 @@
-//! Small OS helpers: the monotonic clock, fd limits, socket options.
+//! Small OS helpers: the monotonic clock, non-blocking socket I/O, TCP memory. The /proc readers
+//! and socket options shared with the server's tests come from the testkit crate.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::Duration;
+
+pub use ringfan_testkit::{
+    proc_cpu, proc_cpu_secs, raise_nofile, set_linger_zero, set_rcvbuf, try_fd_count, vm_rss_kib,
+};
+use ringfan_testkit::{
+    tcp_rows, CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, LISTEN, SYN_RECV,
+    TIME_WAIT,
+};
 
 /// CLOCK_MONOTONIC in nanoseconds: comparable across processes on one machine.
 #[inline]
@@ -29,35 +38,8 @@ pub fn secs_ns(secs: f64) -> u64 {
     (secs * 1e9).max(0.0) as u64
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit.
-pub fn raise_nofile() -> u64 {
-    // SAFETY: getrlimit/setrlimit read and write the live local `rl`.
-    unsafe {
-        let mut rl: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
-            return 0;
-        }
-        if rl.rlim_cur < rl.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: rl.rlim_max,
-                rlim_max: rl.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                return want.rlim_cur as u64;
-            }
-        }
-        rl.rlim_cur as u64
-    }
-}
-
 pub fn connect(addr: &SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     TcpStream::connect_timeout(addr, timeout)
-}
-
-/// SO_RCVBUF: a fixed receive buffer (the kernel doubles the value and stops autotuning it).
-pub fn set_rcvbuf(s: &TcpStream, bytes: usize) -> io::Result<()> {
-    let v = i32::try_from(bytes).unwrap_or(i32::MAX);
-    setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &v)
 }
 
 /// Pages of memory all TCP sockets of this machine hold now (`TCP: ... mem N` in
@@ -78,33 +60,6 @@ fn sockstat_tcp_mem(text: &str) -> Option<u64> {
 pub fn tcp_mem_pressure_pages() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem").ok()?;
     text.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// SO_LINGER {1, 0}: the next close sends RST instead of FIN.
-pub fn set_linger_zero(s: &TcpStream) -> io::Result<()> {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &l)
-}
-
-fn setsockopt<T>(fd: RawFd, level: i32, name: i32, v: &T) -> io::Result<()> {
-    // SAFETY: passes a pointer to a live `T` and its exact size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Reads and discards whatever is readable now, without blocking. Returns false on EOF/error.
@@ -145,16 +100,10 @@ pub fn send_nonblocking(fd: RawFd, bytes: &[u8]) -> bool {
     n == bytes.len() as isize
 }
 
-/// Number of entries in /proc/PID/fd, if readable.
-pub fn count_fds(pid: u32) -> Option<usize> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()
-        .map(|d| d.count())
-}
-
-/// Server-side TCP states: rows of /proc/net/tcp{,6} whose local port is `port`.
+/// Server-side TCP states: rows of /proc/net/tcp{,6} whose local port is `port`, one field per
+/// state the storm report prints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpStates {
+pub struct ServerStates {
     pub established: u64,
     pub syn_recv: u64,
     pub fin_wait1: u64,
@@ -167,7 +116,7 @@ pub struct TcpStates {
     pub other: u64,
 }
 
-impl TcpStates {
+impl ServerStates {
     /// Connections not yet fully closed on the server's side (TIME_WAIT and LISTEN excluded).
     pub fn open(&self) -> u64 {
         self.established
@@ -180,76 +129,25 @@ impl TcpStates {
     }
 }
 
-/// Calls `f(remote_port, state)` for every row of /proc/net/tcp{,6} whose local port is `port`
-/// (the server's side of each connection to it). `state` is the kernel's hex state, e.g. "01".
-pub fn for_each_server_row(port: u16, mut f: impl FnMut(u16, &str)) {
-    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
+/// Counts the server-side rows on `port` (see [`ServerStates`]).
+pub fn server_states(port: u16) -> ServerStates {
+    let mut st = ServerStates::default();
+    for row in tcp_rows().iter().filter(|r| r.local_port == port) {
+        let n = match row.state {
+            ESTABLISHED => &mut st.established,
+            SYN_RECV => &mut st.syn_recv,
+            FIN_WAIT1 => &mut st.fin_wait1,
+            FIN_WAIT2 => &mut st.fin_wait2,
+            TIME_WAIT => &mut st.time_wait,
+            CLOSE_WAIT => &mut st.close_wait,
+            LAST_ACK => &mut st.last_ack,
+            CLOSING => &mut st.closing,
+            LISTEN => &mut st.listen,
+            _ => &mut st.other,
         };
-        for line in text.lines().skip(1) {
-            let mut cols = line.split_whitespace();
-            let (Some(_sl), Some(local), Some(rem), Some(state)) =
-                (cols.next(), cols.next(), cols.next(), cols.next())
-            else {
-                continue;
-            };
-            let Some(p) = local
-                .rsplit(':')
-                .next()
-                .and_then(|h| u16::from_str_radix(h, 16).ok())
-            else {
-                continue;
-            };
-            if p != port {
-                continue;
-            }
-            let remote = rem
-                .rsplit(':')
-                .next()
-                .and_then(|h| u16::from_str_radix(h, 16).ok())
-                .unwrap_or(0);
-            f(remote, state);
-        }
+        *n += 1;
     }
-}
-
-pub fn tcp_states(port: u16) -> TcpStates {
-    let mut st = TcpStates::default();
-    for_each_server_row(port, |_, state| match state {
-        "01" => st.established += 1,
-        "03" => st.syn_recv += 1,
-        "04" => st.fin_wait1 += 1,
-        "05" => st.fin_wait2 += 1,
-        "06" => st.time_wait += 1,
-        "08" => st.close_wait += 1,
-        "09" => st.last_ack += 1,
-        "0B" => st.closing += 1,
-        "0A" => st.listen += 1,
-        _ => st.other += 1,
-    });
     st
-}
-
-/// CPU time (user + system, all threads) the process `pid` has used, in seconds, from
-/// /proc/PID/stat.
-pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
-    proc_cpu(pid).map(|(user, sys)| user + sys)
-}
-
-/// (user, system) CPU seconds of the process `pid` (all threads), from /proc/PID/stat.
-pub fn proc_cpu(pid: u32) -> Option<(f64, f64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut f = rest.split_whitespace();
-    // After ')': field 3 (state) is index 0, so utime (14) is index 11 and stime (15) index 12.
-    let utime: u64 = f.nth(11)?.parse().ok()?;
-    let stime: u64 = f.next()?.parse().ok()?;
-    // SAFETY: sysconf has no memory effects.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let tck = if tck > 0 { tck as f64 } else { 100.0 };
-    Some((utime as f64 / tck, stime as f64 / tck))
 }
 
 /// (total, user) CPU seconds between two `proc_cpu` samples; None if either is missing.
@@ -261,15 +159,6 @@ pub fn cpu_between(a: Option<(f64, f64)>, b: Option<(f64, f64)>) -> Option<(f64,
 /// Cores this process may run on (its affinity mask, e.g. under taskset).
 pub fn available_cores() -> u64 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
-}
-
-/// Resident set size of `pid` in KiB (VmRSS in /proc/PID/status).
-pub fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
 }
 
 #[cfg(test)]

@@ -8,11 +8,8 @@
 //! deadline, so a misbehaving server makes a test fail, never hang.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::io::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -490,260 +487,31 @@ impl Drop for Server {
 // Kernel view
 // ---------------------------------------------------------------------------------------------
 
-pub const ESTABLISHED: u8 = 0x01;
-pub const SYN_SENT: u8 = 0x02;
-pub const SYN_RECV: u8 = 0x03;
-pub const FIN_WAIT1: u8 = 0x04;
-pub const FIN_WAIT2: u8 = 0x05;
-pub const TIME_WAIT: u8 = 0x06;
-pub const CLOSE: u8 = 0x07;
-pub const CLOSE_WAIT: u8 = 0x08;
-pub const LAST_ACK: u8 = 0x09;
-pub const LISTEN: u8 = 0x0A;
-pub const CLOSING: u8 = 0x0B;
+// The /proc readers (socket states, fds, RSS, CPU) and socket options live in the testkit crate,
+// shared with the load generator. The few whose signatures differ here panic instead of
+// returning errors: a test cannot go on without them.
+pub use ringfan_testkit::*;
 
-pub fn state_name(st: u8) -> &'static str {
-    match st {
-        ESTABLISHED => "ESTABLISHED",
-        SYN_SENT => "SYN_SENT",
-        SYN_RECV => "SYN_RECV",
-        FIN_WAIT1 => "FIN_WAIT1",
-        FIN_WAIT2 => "FIN_WAIT2",
-        TIME_WAIT => "TIME_WAIT",
-        CLOSE => "CLOSE",
-        CLOSE_WAIT => "CLOSE_WAIT",
-        LAST_ACK => "LAST_ACK",
-        LISTEN => "LISTEN",
-        CLOSING => "CLOSING",
-        _ => "?",
-    }
-}
-
-/// Counts of sockets by TCP state.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TcpStates {
-    pub counts: HashMap<u8, usize>,
-}
-
-impl TcpStates {
-    pub fn get(&self, st: u8) -> usize {
-        self.counts.get(&st).copied().unwrap_or(0)
-    }
-    pub fn established(&self) -> usize {
-        self.get(ESTABLISHED)
-    }
-    pub fn close_wait(&self) -> usize {
-        self.get(CLOSE_WAIT)
-    }
-    pub fn fin_wait1(&self) -> usize {
-        self.get(FIN_WAIT1)
-    }
-    pub fn fin_wait2(&self) -> usize {
-        self.get(FIN_WAIT2)
-    }
-    pub fn time_wait(&self) -> usize {
-        self.get(TIME_WAIT)
-    }
-    pub fn last_ack(&self) -> usize {
-        self.get(LAST_ACK)
-    }
-    pub fn listen(&self) -> usize {
-        self.get(LISTEN)
-    }
-    pub fn total(&self) -> usize {
-        self.counts.values().sum()
-    }
-}
-
-impl fmt::Display for TcpStates {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut keys: Vec<_> = self.counts.keys().copied().collect();
-        keys.sort_unstable();
-        let parts: Vec<String> = keys
-            .iter()
-            .map(|k| format!("{}={}", state_name(*k), self.counts[k]))
-            .collect();
-        write!(f, "{}", parts.join(" "))
-    }
-}
-
-/// (local port, remote port, state) of every row of /proc/net/tcp and /proc/net/tcp6.
-/// One row of /proc/net/tcp{,6}.
-#[derive(Clone, Copy, Debug)]
-pub struct TcpRow {
-    pub local_port: u16,
-    pub remote_port: u16,
-    pub state: u8,
-    /// For a LISTEN row: the accept backlog's length.
-    pub rx_queue: usize,
-    /// Bytes written and not yet acknowledged by the peer, unsent ones included.
-    pub tx_queue: usize,
-    /// Timer kind: 0 none, 1 retransmit, 2 keepalive, 3 TIME_WAIT, 4 zero-window probe.
-    pub timer: u8,
-}
-
-pub fn tcp_rows() -> Vec<TcpRow> {
-    let mut rows = Vec::new();
-    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 6 {
-                continue;
-            }
-            let port_of = |a: &str| {
-                a.rsplit(':')
-                    .next()
-                    .and_then(|p| u16::from_str_radix(p, 16).ok())
-            };
-            let second = |a: &str| {
-                a.split(':')
-                    .nth(1)
-                    .and_then(|q| usize::from_str_radix(q, 16).ok())
-            };
-            let first = |a: &str| {
-                a.split(':')
-                    .next()
-                    .and_then(|t| u8::from_str_radix(t, 16).ok())
-            };
-            let tx = |a: &str| {
-                a.split(':')
-                    .next()
-                    .and_then(|q| usize::from_str_radix(q, 16).ok())
-            };
-            let (Some(local_port), Some(remote_port), Ok(state)) =
-                (port_of(f[1]), port_of(f[2]), u8::from_str_radix(f[3], 16))
-            else {
-                continue;
-            };
-            rows.push(TcpRow {
-                local_port,
-                remote_port,
-                state,
-                rx_queue: second(f[4]).unwrap_or(0),
-                tx_queue: tx(f[4]).unwrap_or(0),
-                timer: first(f[5]).unwrap_or(0xff),
-            });
-        }
-    }
-    rows
-}
-
-/// Server-side sockets: rows whose LOCAL port is `port`.
-pub fn tcp_states(port: u16) -> TcpStates {
-    let mut s = TcpStates::default();
-    for r in tcp_rows().into_iter().filter(|r| r.local_port == port) {
-        *s.counts.entry(r.state).or_insert(0) += 1;
-    }
-    s
-}
-
-/// States of the rows with exactly this local and remote port (e.g. one client's socket).
-pub fn tcp_states_of(local_port: u16, remote_port: u16) -> Vec<u8> {
-    tcp_rows()
-        .into_iter()
-        .filter(|r| r.local_port == local_port && r.remote_port == remote_port)
-        .map(|r| r.state)
-        .collect()
-}
-
-/// Number of entries in /proc/<pid>/fd.
-pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// Summary of what the process's fds are (socket/anon_inode:[io_uring]/pipe...), for messages.
-pub fn fd_kinds(pid: u32) -> String {
-    let mut kinds: HashMap<String, usize> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-        for e in dir.flatten() {
-            let t = std::fs::read_link(e.path())
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "?".into());
-            let kind = match t.find(":[") {
-                Some(i) if t.starts_with("socket") || t.starts_with("pipe") => t[..i].to_string(),
-                _ => t,
-            };
-            *kinds.entry(kind).or_insert(0) += 1;
-        }
-    }
-    let mut v: Vec<_> = kinds
-        .into_iter()
-        .map(|(k, n)| format!("{k} x{n}"))
-        .collect();
-    v.sort();
-    v.join(", ")
-}
-
-/// Polls `cond` every ~10 ms until it holds (true) or `deadline` passes (false).
-pub fn wait_until(deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Raises this process's soft RLIMIT_NOFILE to the hard limit.
+/// Raises this process's soft RLIMIT_NOFILE to the hard limit (best effort: a test that needs
+/// more fds than the hard limit fails on its own, naming what it could not open).
 pub fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit read and write a live local rlimit.
-    unsafe {
-        let mut rl = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
-    }
+    let _ = ringfan_testkit::raise_nofile();
 }
 
-/// Third value of /proc/sys/net/ipv4/tcp_{w,r}mem (autotuning maximum), if readable.
-pub fn tcp_mem_max(which: &str) -> Option<usize> {
-    std::fs::read_to_string(format!("/proc/sys/net/ipv4/tcp_{which}"))
-        .ok()?
-        .split_whitespace()
-        .nth(2)?
-        .parse()
-        .ok()
+/// SO_LINGER {on, 0}: close() then sends RST instead of FIN.
+pub fn set_linger_zero(s: &TcpStream) {
+    ringfan_testkit::set_linger_zero(s).expect("setsockopt(SO_LINGER)");
+}
+
+/// Pins a socket's receive buffer (turning off autotuning), e.g. to make a reader slow.
+pub fn set_rcvbuf(s: &TcpStream, bytes: i32) {
+    let bytes = usize::try_from(bytes).expect("set_rcvbuf: bytes must be >= 0");
+    ringfan_testkit::set_rcvbuf(s, bytes).expect("SO_RCVBUF");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------------------------
-
-/// SO_LINGER {on, 0}: close() then sends RST instead of FIN.
-pub fn set_linger_zero(s: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `l`, a live local of the size passed, on a socket we hold.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &l as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setsockopt(SO_LINGER): {}",
-        io::Error::last_os_error()
-    );
-}
 
 /// How a read-to-EOF ended.
 #[derive(Debug)]
@@ -1337,69 +1105,4 @@ pub fn assert_bytes_eq(actual: &[u8], expected: &[u8], ctx: &str) {
         show(&actual[from.min(actual.len())..(first + 80).min(actual.len())]),
         show(&expected[from.min(expected.len())..(first + 80).min(expected.len())])
     );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Process and listener views
-// ---------------------------------------------------------------------------------------------
-
-/// The accept backlog of the server's LISTEN socket(s) on `port` (their rx_queue, summed).
-pub fn listen_backlog(port: u16) -> usize {
-    tcp_rows()
-        .iter()
-        .filter(|r| r.local_port == port && r.state == 0x0A)
-        .map(|r| r.rx_queue)
-        .sum()
-}
-
-/// Timer kinds of the server-side ESTABLISHED rows on `port` (see [`TcpRow::timer`]).
-pub fn established_timers(port: u16) -> Vec<u8> {
-    tcp_rows()
-        .iter()
-        .filter(|r| r.local_port == port && r.state == 0x01)
-        .map(|r| r.timer)
-        .collect()
-}
-
-/// Pins a socket's receive buffer (turning off autotuning), e.g. to make a reader slow.
-pub fn set_rcvbuf(s: &TcpStream, bytes: i32) {
-    // SAFETY: setsockopt reads an int from a live local.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bytes as *const i32).cast(),
-            4,
-        )
-    };
-    assert_eq!(r, 0, "SO_RCVBUF");
-}
-
-/// Resident memory of `pid` in bytes (VmRSS).
-pub fn rss_bytes(pid: u32) -> usize {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
-/// CPU time (user + system) of `pid` so far.
-pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 overall, 12 and 13 after the name (1-based 3..).
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // SAFETY: sysconf has no memory arguments.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_millis(ticks * 1000 / hz)
 }
