@@ -64,12 +64,11 @@ pub struct Census {
     pub largest_queue_bytes: usize,
 }
 
-/// Applies `$m!(name, ...)` to every scalar counter. `Stats::add` and `Display` also destructure
-/// the struct exhaustively (the scalars as `_`), so a counter added to the struct but not to
-/// this list fails to compile instead of being silently left out.
+/// Applies `$m!(name, ...)` to every scalar counter: `add`, `Display` and the exhaustiveness check
+/// below all expand from this one list.
 macro_rules! scalar_counters {
     ($m:ident) => {
-        $m!(
+        $m! {
             accepted,
             aborted,
             close_timeouts,
@@ -96,58 +95,45 @@ macro_rules! scalar_counters {
             messages_dropped,
             send_retries,
             unexpected_errors
-        )
+        }
     };
 }
 
+/// The compile-time check: every field of `Stats` is a scalar in `scalar_counters!` or one of the
+/// three handled by hand (`closed`, `unsubscribed`, `driver`). A counter added to the struct but
+/// not to the list fails here, so neither `add` nor `Display` can leave it out.
+macro_rules! every_field_listed {
+    ($($f:ident),*) => {
+        #[allow(dead_code)]
+        fn every_field_listed(s: &Stats) {
+            let Stats {
+                $($f: _,)*
+                closed: _,
+                unsubscribed: _,
+                driver: _,
+            } = s;
+        }
+    };
+}
+scalar_counters!(every_field_listed);
+
 impl Stats {
     pub fn add(&mut self, o: &Stats) {
-        let Stats {
-            accepted: _,
-            aborted: _,
-            close_timeouts: _,
-            shutdown_aborted: _,
-            shutdown_delivered: _,
-            lost_bytes: _,
-            stale_completions: _,
-            bytes_in: _,
-            bytes_out: _,
-            bytes_discarded: _,
-            messages_in: _,
-            messages_out: _,
-            protocol_errors: _,
-            evicted_slow: _,
-            recv_enobufs: _,
-            recv_paused: _,
-            backpressure_turns: _,
-            stalled_turns: _,
-            accept_emfile: _,
-            refused_limit: _,
-            refused_emfile: _,
-            subscriber_bytes_discarded: _,
-            slow_timeouts: _,
-            messages_dropped: _,
-            send_retries: _,
-            unexpected_errors: _,
-            closed,
-            unsubscribed,
-            driver:
-                DriverStats {
-                    sq_full,
-                    cq_overflow,
-                    enter_retries,
-                },
-        } = o;
         macro_rules! add {
             ($($f:ident),*) => { $( self.$f += o.$f; )* };
         }
         scalar_counters!(add);
-        for (mine, theirs) in self.closed.iter_mut().zip(closed) {
+        for (mine, theirs) in self.closed.iter_mut().zip(o.closed) {
             *mine += theirs;
         }
-        for (mine, theirs) in self.unsubscribed.iter_mut().zip(unsubscribed) {
+        for (mine, theirs) in self.unsubscribed.iter_mut().zip(o.unsubscribed) {
             *mine += theirs;
         }
+        let DriverStats {
+            sq_full,
+            cq_overflow,
+            enter_retries,
+        } = o.driver;
         self.driver.sq_full += sq_full;
         self.driver.cq_overflow += cq_overflow;
         self.driver.enter_retries += enter_retries;
@@ -156,42 +142,6 @@ impl Stats {
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Stats {
-            accepted: _,
-            aborted: _,
-            close_timeouts: _,
-            shutdown_aborted: _,
-            shutdown_delivered: _,
-            lost_bytes: _,
-            stale_completions: _,
-            bytes_in: _,
-            bytes_out: _,
-            bytes_discarded: _,
-            messages_in: _,
-            messages_out: _,
-            protocol_errors: _,
-            evicted_slow: _,
-            recv_enobufs: _,
-            recv_paused: _,
-            backpressure_turns: _,
-            stalled_turns: _,
-            accept_emfile: _,
-            refused_limit: _,
-            refused_emfile: _,
-            subscriber_bytes_discarded: _,
-            slow_timeouts: _,
-            messages_dropped: _,
-            send_retries: _,
-            unexpected_errors: _,
-            closed,
-            unsubscribed,
-            driver:
-                DriverStats {
-                    sq_full,
-                    cq_overflow,
-                    enter_retries,
-                },
-        } = self;
         macro_rules! show {
             ($($f:ident),*) => {{
                 let mut sep = "";
@@ -204,11 +154,21 @@ impl fmt::Display for Stats {
         }
         scalar_counters!(show);
         for r in CloseReason::ALL {
-            write!(f, " closed_{}={}", r.name(), closed[r as usize])?;
+            write!(f, " closed_{}={}", r.name(), self.closed[r as usize])?;
         }
         for r in CloseReason::ALL {
-            write!(f, " unsubscribed_{}={}", r.name(), unsubscribed[r as usize])?;
+            write!(
+                f,
+                " unsubscribed_{}={}",
+                r.name(),
+                self.unsubscribed[r as usize]
+            )?;
         }
+        let DriverStats {
+            sq_full,
+            cq_overflow,
+            enter_retries,
+        } = self.driver;
         write!(
             f,
             " sq_full={sq_full} cq_overflow={cq_overflow} enter_retries={enter_retries}"
