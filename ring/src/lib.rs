@@ -133,21 +133,38 @@ pub trait Driver {
         Ok(n.max(0) as usize)
     }
 
-    /// Reads and throws away what `fd` has received, up to `max` bytes, without blocking;
-    /// returns how much. For a graceful close: `close` with unread data sends a reset.
-    /// The caller must have no receive in flight on `fd`.
+    /// Throws away what `fd` has received, up to `max` bytes, without blocking; returns how
+    /// much. For a graceful close: `close` with unread data sends a reset. The caller must have no
+    /// receive in flight on `fd`. A simulated driver answers from its model.
     fn discard_unread(&mut self, fd: RawFd, max: usize) -> usize {
-        let mut buf = [0u8; 16384];
-        let mut total = 0;
-        while total < max {
-            let want = buf.len().min(max - total);
-            // SAFETY: `buf` is a live local of at least `want` bytes.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) };
-            if n <= 0 {
-                break;
-            }
-            total += n as usize;
-        }
-        total
+        discard_unread(fd, max)
     }
+}
+
+/// Drops up to `max` bytes queued on TCP socket `fd`, without waiting for more and without
+/// copying them; returns how many. `close` with unread bytes in the receive queue sends a reset
+/// instead of the FIN (RFC 2525), so a graceful close reads them away first.
+pub fn discard_unread(fd: RawFd, max: usize) -> usize {
+    let mut total = 0;
+    while total < max {
+        // SAFETY: with MSG_TRUNC, TCP discards up to `max - total` bytes and copies nothing, so
+        // no buffer is written (man 7 tcp); MSG_DONTWAIT keeps a blocking socket from blocking.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                std::ptr::null_mut(),
+                max - total,
+                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            )
+        };
+        // recv errno table: EINTR, retry; EAGAIN, nothing more queued; 0, the peer's FIN;
+        // anything else (ECONNRESET...): the connection is gone, nothing left to protect.
+        match n {
+            1.. => total += (n as usize).min(max - total),
+            0 => break,
+            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => break,
+        }
+    }
+    total
 }

@@ -207,34 +207,9 @@ pub fn refuse(fd: RawFd, line: &[u8]) {
     // and a peer that wrote before reading would get ECONNRESET instead of the line. Bytes that
     // arrive after the close still get one: a peer that goes on sending after being refused
     // cannot be waited for without holding the slot the server does not have.
-    discard_unread(fd, REFUSAL_DISCARD_BYTES_MAX);
+    ringfan_ring::discard_unread(fd, REFUSAL_DISCARD_BYTES_MAX);
     // SAFETY: ends our ownership; nothing else refers to the fd.
     unsafe { libc::close(fd) };
-}
-
-/// Drops up to `bytes_max` bytes queued on TCP socket `fd`, without waiting for more.
-fn discard_unread(fd: RawFd, bytes_max: usize) {
-    let mut left = bytes_max;
-    while left > 0 {
-        // SAFETY: with MSG_TRUNC, TCP discards up to `left` bytes and copies nothing, so no
-        // buffer is written (man 7 tcp); MSG_DONTWAIT keeps a blocking socket from blocking.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                std::ptr::null_mut(),
-                left,
-                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-            )
-        };
-        // recv errno table: EINTR, retry; EAGAIN, nothing more queued; 0, the peer's FIN;
-        // anything else (ECONNRESET...): the connection is gone, nothing left to protect.
-        match n {
-            1.. => left -= (n as usize).min(left),
-            0 => return,
-            _ if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
-            _ => return,
-        }
-    }
 }
 
 /// Switches O_NONBLOCK on `fd`.
