@@ -95,12 +95,7 @@ fn refused_client_that_already_sent_data_gets_the_line_then_eof_not_a_reset() {
     server.signal(libc::SIGSTOP);
     // kill() only queues the signal: connecting before the server has really stopped would let
     // it refuse the connection before the bytes arrive.
-    let stopped = || {
-        std::fs::read_to_string(format!("/proc/{}/stat", server.pid()))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
-            .unwrap_or(false)
-    };
+    let stopped = || proc_state(server.pid()) == Some('T');
     assert!(
         wait_until(secs(2), stopped),
         "the server did not stop on SIGSTOP"

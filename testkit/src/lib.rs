@@ -263,6 +263,13 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     Some((utime, stime))
 }
 
+/// The state letter of the process `pid` (R, S, T for stopped, ...), from /proc/<pid>/stat.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    stat[stat.rfind(')')? + 1..].split_whitespace().next()?.chars().next()
+}
+
 fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf has no memory arguments.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
