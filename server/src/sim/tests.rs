@@ -50,6 +50,12 @@ fn seeds() {
         SEEDS_RELEASE
     });
     let base = env_u64("RINGFAN_SIM_SEED_BASE").unwrap_or(0);
+    // The kept seeds first, whatever range the sweep covers.
+    for &(seed, what) in REGRESSION_SEEDS {
+        if let Err(f) = run_seed(seed, Opts::default()) {
+            panic!("regression seed {seed} ({what}) fails again:\n{f}");
+        }
+    }
     let started = Instant::now();
     let (cov, failures) = run_many(base..base + count, Opts::default());
     if let Some(f) = failures.first() {
@@ -77,7 +83,7 @@ fn seeds() {
     }
 }
 
-/// Every seed that ever failed, with what it found, run on every test run so that its bug stays
+/// Every seed that ever failed, with what it found, run first by `seeds` so that its bug stays
 /// fixed even when the sweep's range or the seed count changes (a seed found by a soak with
 /// `RINGFAN_SIM_SEED_BASE` lies outside the default sweep). When a seed fails: replay it
 /// (`RINGFAN_SIM_SEED`), fix the bug, add `(seed, "what broke")` here.
@@ -87,15 +93,6 @@ fn seeds() {
 /// random numbers in the same order: after a change that adds or moves a draw, check with
 /// `RINGFAN_SIM_TRACE=1` that each seed here still reaches the path it was kept for.
 const REGRESSION_SEEDS: &[(u64, &str)] = &[];
-
-#[test]
-fn regression_seeds() {
-    for &(seed, what) in REGRESSION_SEEDS {
-        if let Err(f) = run_seed(seed, Opts::default()) {
-            panic!("regression seed {seed} ({what}) fails again:\n{f}");
-        }
-    }
-}
 
 /// Fresh driver for direct tests: one accepted connection on `fd`.
 fn lone_driver() -> (SimDriver, RawFd) {
