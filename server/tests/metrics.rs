@@ -53,6 +53,21 @@ fn scrape_text(addr: &str) -> String {
     body
 }
 
+/// The `/metrics` URL the server printed (`ringfan metrics on URL`), waited for.
+fn metrics_url(server: &Server) -> String {
+    let find = || {
+        server.stdout_lines().iter().find_map(|l| {
+            l.strip_prefix("ringfan metrics on ")
+                .map(|u| u.trim().to_string())
+        })
+    };
+    assert!(
+        wait_until(secs(5), || find().is_some()),
+        "the server prints its metrics address"
+    );
+    find().unwrap()
+}
+
 fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key)
         .unwrap_or_else(|| panic!("no series {key} in the scrape"))
@@ -69,17 +84,7 @@ fn scraped_counters_match_the_scenario() {
         ("RINGFAN_SEND_QUEUE_BYTES_MAX", "262144"),
         ("RINGFAN_CLOSE_TIMEOUT_MS", "500"),
     ]);
-    let find = || {
-        server.stdout_lines().iter().find_map(|l| {
-            l.strip_prefix("ringfan metrics on ")
-                .map(|u| u.trim().to_string())
-        })
-    };
-    assert!(
-        wait_until(secs(5), || find().is_some()),
-        "the server prints its metrics address"
-    );
-    let url = find().unwrap();
+    let url = metrics_url(&server);
 
     // Publisher, reader, slow (never reads), resetter.
     let mut clients = connect_n(server.addr(), 4);
@@ -214,17 +219,7 @@ fn stalled_scrapers_do_not_block_others_and_are_closed_after_the_deadline() {
         return;
     }
     let server = Server::start(&[("RINGFAN_METRICS_LISTEN", "127.0.0.1:0")]);
-    let find = || {
-        server.stdout_lines().iter().find_map(|l| {
-            l.strip_prefix("ringfan metrics on ")
-                .map(|u| u.trim().to_string())
-        })
-    };
-    assert!(
-        wait_until(secs(5), || find().is_some()),
-        "the server prints its metrics address"
-    );
-    let url = find().unwrap();
+    let url = metrics_url(&server);
     let hostport = url
         .trim_start_matches("http://")
         .trim_end_matches("/metrics")
@@ -307,17 +302,7 @@ fn every_metric_of_the_table_is_served_for_every_worker() {
         ("RINGFAN_THREADS", "2"),
         ("RINGFAN_METRICS_LISTEN", "127.0.0.1:0"),
     ]);
-    let find = || {
-        server.stdout_lines().iter().find_map(|l| {
-            l.strip_prefix("ringfan metrics on ")
-                .map(|u| u.trim().to_string())
-        })
-    };
-    assert!(
-        wait_until(secs(5), || find().is_some()),
-        "the server prints its metrics address"
-    );
-    let url = find().unwrap();
+    let url = metrics_url(&server);
     let missing = |text: &str| -> Vec<String> {
         let mut missing = Vec::new();
         for m in ringfan::metrics::METRICS
