@@ -147,6 +147,23 @@ fn sigterm_exits_once_every_byte_is_acknowledged_without_waiting_for_fins() {
     let lines = 2000;
     let expected = flood_bytes(0, lines);
     clients[0].send(&expected);
+    // The shutdown publishes what the server has read; wait (kernel's view) until the publisher's
+    // bytes have left its socket and the server's side has read them all.
+    let pport = clients[0].local_port();
+    let read_all = || {
+        let rows = tcp_rows();
+        let mine = rows
+            .iter()
+            .find(|r| r.local_port == pport && r.remote_port == port);
+        let theirs = rows
+            .iter()
+            .find(|r| r.local_port == port && r.remote_port == pport);
+        matches!((mine, theirs), (Some(m), Some(t)) if m.tx_queue == 0 && t.rx_queue == 0)
+    };
+    assert!(
+        wait_until(secs(5), read_all),
+        "the server never read the publisher's lines"
+    );
     let subscribers = clients.split_off(1);
     let publisher = clients.pop().unwrap();
     server.sigterm();
