@@ -204,7 +204,7 @@ fn limits_refuse_the_whole_command_before_any_change() {
     });
     assert_eq!(
         reply(&run(&mut s, &["SUBSCRIBE", "ok", "long"])),
-        b"-ERR channel or pattern longer than 3 bytes (topic_bytes_max)\r\n"
+        b"-ERR channel or pattern longer than 3 bytes (RINGFAN_TOPIC_BYTES_MAX)\r\n"
     );
     assert!(!s.subscribed(), "nothing of a refused command is applied");
     run(&mut s, &["SUBSCRIBE", "a"]);
@@ -212,13 +212,13 @@ fn limits_refuse_the_whole_command_before_any_change() {
     assert_eq!(run(&mut s, &["SUBSCRIBE", "a", "b", "b"]).len(), 2);
     assert_eq!(
         reply(&run(&mut s, &["SSUBSCRIBE", "c"])),
-        b"-ERR too many subscriptions on this connection: at most 2 (subscriptions_max)\r\n"
+        b"-ERR too many subscriptions on this connection: at most 2 (RINGFAN_SUBSCRIPTIONS_MAX)\r\n"
     );
     assert!(!s.is_subscribed(Kind::Shard, b"c"));
     run(&mut s, &["PSUBSCRIBE", "p"]);
     assert_eq!(
         reply(&run(&mut s, &["PSUBSCRIBE", "q"])),
-        b"-ERR too many subscriptions on this connection: at most 1 (patterns_max)\r\n"
+        b"-ERR too many subscriptions on this connection: at most 1 (RINGFAN_PATTERNS_MAX)\r\n"
     );
 }
 

@@ -54,6 +54,7 @@ pub(crate) const COMMANDS: &[(&str, i32)] = &[
     ("client|no-evict", 3),
     ("client|pause", -3),
     ("client|reply", 3),
+    ("client|setinfo", 4),
     ("client|setname", 3),
     ("client|tracking", -3),
     ("client|trackinginfo", 2),

@@ -113,6 +113,15 @@ impl Decoder {
         self.buf.capacity()
     }
 
+    /// Gives the buffer's memory back when nothing is buffered, so an idle connection holds
+    /// no input buffer (its commands' arguments keep what they share of it alive on their own).
+    pub fn release_idle_buffer(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            debug_assert_eq!(self.scanned, 0);
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Appends `input`. It is copied once; the arguments of a command share that copy.
     pub fn feed(&mut self, input: &[u8]) {
         if self.spent || input.is_empty() {

@@ -12,6 +12,8 @@
 //! - Commands Redis knows but ringfan does not serve (`GET`, `CLIENT LIST`, ...) get Redis's
 //!   "unknown command" / "unknown subcommand" text. In subscribed mode they get Redis's exact
 //!   refusal, since Redis refuses them there too.
+//! - `CLIENT SETINFO` (Redis 7.2) is answered as Redis 7.2 answers it, since client libraries
+//!   send it while connecting; 7.0.15 does not know it.
 //! - `HELLO 3` is refused with `-NOPROTO unsupported protocol version`, as Redis refuses 4,
 //!   until RESP3 exists here.
 //! - `UNSUBSCRIBE` / `SUNSUBSCRIBE` without arguments confirm in subscription order; Redis walks
@@ -53,6 +55,9 @@ impl Default for SessionConfig {
         }
     }
 }
+
+/// The server's veto on new subscriptions (see [`Session::handle_with`]).
+pub type Admit<'a> = &'a mut dyn FnMut(Kind, &[&Bytes]) -> Result<(), Bytes>;
 
 /// What the server must do, in order, for one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,6 +219,13 @@ impl Session {
 
     /// Runs one command, appending what the server must do to `out`.
     pub fn handle(&mut self, command: &Command, out: &mut Vec<Action>) {
+        self.handle_with(command, out, &mut |_, _| Ok(()));
+    }
+
+    /// As [`Session::handle`], with the server's own say on new subscriptions: `admit` gets the
+    /// topics a subscribe would add (of that kind, not yet held, each once) before anything
+    /// changes, and may refuse the whole command with an error reply (e.g. a server-wide limit).
+    pub fn handle_with(&mut self, command: &Command, out: &mut Vec<Action>, admit: Admit<'_>) {
         if self.closed || command.args.is_empty() {
             return;
         }
@@ -242,10 +254,10 @@ impl Session {
             );
             return out.push(reply_error(text.as_bytes()));
         }
-        self.run(full_name, args, out);
+        self.run(full_name, args, out, admit);
     }
 
-    fn run(&mut self, full_name: &str, args: &[Bytes], out: &mut Vec<Action>) {
+    fn run(&mut self, full_name: &str, args: &[Bytes], out: &mut Vec<Action>, admit: Admit<'_>) {
         match full_name {
             // PING's arity is "at least 1"; pingCommand itself refuses more than 2.
             "ping" if args.len() > 2 => {
@@ -260,9 +272,9 @@ impl Session {
             }
             "reset" => self.reset(out),
             "hello" => out.push(Action::Reply(self.hello(args))),
-            "subscribe" => self.subscribe(Kind::Channel, &args[1..], out),
-            "psubscribe" => self.subscribe(Kind::Pattern, &args[1..], out),
-            "ssubscribe" => self.subscribe(Kind::Shard, &args[1..], out),
+            "subscribe" => self.subscribe(Kind::Channel, &args[1..], out, admit),
+            "psubscribe" => self.subscribe(Kind::Pattern, &args[1..], out, admit),
+            "ssubscribe" => self.subscribe(Kind::Shard, &args[1..], out, admit),
             "unsubscribe" => self.unsubscribe(Kind::Channel, &args[1..], out),
             "punsubscribe" => self.unsubscribe(Kind::Pattern, &args[1..], out),
             "sunsubscribe" => self.unsubscribe(Kind::Shard, &args[1..], out),
@@ -284,6 +296,7 @@ impl Session {
                 Ok(()) => encode::simple(b"OK"),
                 Err(e) => e,
             })),
+            "client|setinfo" => out.push(Action::Reply(set_info(&args[2], &args[3]))),
             name if name.starts_with("pubsub|") => out.push(pubsub(name, args)),
             // Known to Redis, not served by ringfan.
             _ if args.len() > 1 && is_container(&args[0]) => {
@@ -402,8 +415,11 @@ impl Session {
         reply.freeze()
     }
 
-    fn subscribe(&mut self, kind: Kind, topics: &[Bytes], out: &mut Vec<Action>) {
-        if let Err(e) = self.check_limits(kind, topics) {
+    fn subscribe(&mut self, kind: Kind, topics: &[Bytes], out: &mut Vec<Action>, admit: Admit<'_>) {
+        if let Err(e) = self
+            .check_limits(kind, topics)
+            .and_then(|new| admit(kind, &new))
+        {
             return out.push(Action::Reply(e));
         }
         let mut added = Vec::new();
@@ -423,11 +439,13 @@ impl Session {
         out.push(Action::Reply(replies.freeze()));
     }
 
-    /// Refuses a subscribe that would pass a limit, before it changes anything.
-    fn check_limits(&self, kind: Kind, topics: &[Bytes]) -> Result<(), Bytes> {
+    /// Refuses a subscribe that would pass a limit, before it changes anything; else returns
+    /// the topics it would add.
+    fn check_limits<'a>(&self, kind: Kind, topics: &'a [Bytes]) -> Result<Vec<&'a Bytes>, Bytes> {
         let max = self.config.topic_bytes_max;
         if topics.iter().any(|t| t.len() > max) {
-            let text = format!("channel or pattern longer than {max} bytes (topic_bytes_max)");
+            let text =
+                format!("channel or pattern longer than {max} bytes (RINGFAN_TOPIC_BYTES_MAX)");
             return Err(encode::error(text.as_bytes()));
         }
         let mut new: Vec<&Bytes> = topics
@@ -440,19 +458,19 @@ impl Session {
             Kind::Pattern => (
                 self.patterns.len(),
                 self.config.patterns_max,
-                "patterns_max",
+                "RINGFAN_PATTERNS_MAX",
             ),
             Kind::Channel | Kind::Shard => (
                 self.channels.len() + self.shard_channels.len(),
                 self.config.subscriptions_max,
-                "subscriptions_max",
+                "RINGFAN_SUBSCRIPTIONS_MAX",
             ),
         };
         if held + new.len() > max {
             let text = format!("too many subscriptions on this connection: at most {max} ({name})");
             return Err(encode::error(text.as_bytes()));
         }
-        Ok(())
+        Ok(new)
     }
 
     fn unsubscribe(&mut self, kind: Kind, topics: &[Bytes], out: &mut Vec<Action>) {
@@ -618,6 +636,26 @@ fn is_container(name: &[u8]) -> bool {
 
 /// Redis's `lookupCommand`: a container with more than one argument is looked up by its
 /// subcommand; with one, as itself (so that arity reports it).
+/// `CLIENT SETINFO LIB-NAME|LIB-VER value`, which Redis 7.2 added and client libraries send
+/// while connecting: accepted (and not kept), refused as Redis 7.2 refuses it.
+fn set_info(attr: &[u8], value: &[u8]) -> Bytes {
+    let name = if attr.eq_ignore_ascii_case(b"lib-name") {
+        "lib-name"
+    } else if attr.eq_ignore_ascii_case(b"lib-ver") {
+        "lib-ver"
+    } else {
+        let mut text = b"Unrecognized option '".to_vec();
+        text.extend_from_slice(c_str(attr));
+        text.push(b'\'');
+        return encode::error(&text);
+    };
+    if value.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+        let text = format!("{name} cannot contain spaces, newlines or special characters.");
+        return encode::error(text.as_bytes());
+    }
+    encode::simple(b"OK")
+}
+
 fn lookup(args: &[Bytes]) -> Lookup {
     let name = &args[0];
     if name.contains(&b'|') {

@@ -394,6 +394,10 @@ impl Conn {
         self.stream.write_all(bytes).expect("send");
     }
 
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     fn fill(&mut self, deadline: Instant) -> std::io::Result<usize> {
         let left = deadline
             .saturating_duration_since(Instant::now())
