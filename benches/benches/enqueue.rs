@@ -32,7 +32,9 @@ fn enqueue(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("enqueue_prepare_send");
     for n in [100usize, 1000, 10000] {
-        let mut conns: Vec<Conn> = (0..n).map(|i| Conn::new(-1, i as u32, 65536)).collect();
+        let mut conns: Vec<Conn> = (0..n)
+            .map(|i| Conn::new(-1, i as u32, ringfan::wire::Codec::lines(65536)))
+            .collect();
         g.throughput(Throughput::Elements((n * CHUNKS_PER_TURN) as u64));
         g.bench_function(BenchmarkId::new("subscribers", n), |b| {
             b.iter(|| {

@@ -37,6 +37,15 @@ pub struct Config {
     /// TCP_NOTSENT_LOWAT of every connection; zero: the kernel's default (no limit).
     pub notsent_lowat: u32,
     pub publish_listen: Option<SocketAddr>,
+    /// The Redis-protocol listener; None: off.
+    pub resp_listen: Option<SocketAddr>,
+    /// The topic line connections publish to and receive.
+    pub lines_topic: String,
+    pub topic_bytes_max: usize,
+    pub subscriptions_max: usize,
+    pub patterns_max: usize,
+    /// Distinct topics (channels, patterns, shard channels) one worker holds.
+    pub topics_max: usize,
     /// RINGFAN_FAULT: a worker made to fail on purpose (tests of the failure path).
     pub fault: Option<Fault>,
     pub driver: DriverChoice,
@@ -208,6 +217,11 @@ enum Kind {
     LogFilter { default: &'static str },
     /// A [`Fault`], or off.
     Fault,
+    /// A topic name: 1 to 1024 printable ASCII bytes without spaces.
+    Topic {
+        default: &'static str,
+        set: fn(&mut Config, String),
+    },
 }
 
 const HOST_PORT: &str = "host:port, e.g. 127.0.0.1:7000, 0.0.0.0:7000 or [::1]:7000";
@@ -218,6 +232,7 @@ const LOG_VALUES: &str =
 const FAULT_VALUES: &str =
     "off or KIND:WORKER:AFTER_MS with KIND panic or error (e.g. panic:1:200)";
 const MS_MAX: u64 = 86_400_000;
+const TOPIC_VALUES: &str = "1 to 1024 printable ASCII characters without spaces, e.g. lines";
 
 #[rustfmt::skip] // One row per variable reads better than rustfmt's vertical layout.
 pub const VARS: &[Var] = &[
@@ -302,6 +317,30 @@ pub const VARS: &[Var] = &[
         kind: Kind::OptionalAddr { set: |c, v| c.publish_listen = v },
         help: "if set, only connections accepted on this address:port may publish; lines from RINGFAN_LISTEN are discarded",
         details: "The address is printed as `ringfan publishers on ADDR`; input from `RINGFAN_LISTEN` connections is read and discarded at once, counted, never buffered." },
+    Var { name: "RINGFAN_RESP_LISTEN",
+        kind: Kind::OptionalAddr { set: |c, v| c.resp_listen = v },
+        help: "address:port of the Redis-protocol (RESP2) listener: SUBSCRIBE, PSUBSCRIBE, PUBLISH, ... (e.g. 127.0.0.1:6379); unset or empty: off",
+        details: "Printed as `ringfan resp on ADDR`. Every Redis client works unchanged; see \"Redis protocol\"." },
+    Var { name: "RINGFAN_LINES_TOPIC",
+        kind: Kind::Topic { default: "lines", set: |c, v| c.lines_topic = v },
+        help: "the channel line connections publish to and receive",
+        details: "A Redis client subscribed to it receives each line without its `\\n`; `PUBLISH` on it reaches line clients as one line (a message containing `\\n` is not sent to line clients: it would arrive as two lines; counted in `ringfan_line_frames_skipped_total`)." },
+    Var { name: "RINGFAN_TOPIC_BYTES_MAX",
+        kind: Kind::Bytes { default: 1024, min: 1, max: 1 << 20, set: |c, v| c.topic_bytes_max = v },
+        help: "longest channel or pattern name a client may subscribe to", details: "" },
+    Var { name: "RINGFAN_SUBSCRIPTIONS_MAX",
+        kind: Kind::Int { default: IntDefault::Is(10_000), min: 1, max: 100_000_000, unit: Unit::Count, zero: None, note: "",
+            set: |c, v| c.subscriptions_max = v as usize },
+        help: "channels (and shard channels) one connection may subscribe to", details: "" },
+    Var { name: "RINGFAN_PATTERNS_MAX",
+        kind: Kind::Int { default: IntDefault::Is(100), min: 0, max: 1_000_000, unit: Unit::Count, zero: Some("no patterns"), note: "",
+            set: |c, v| c.patterns_max = v as usize },
+        help: "patterns one connection may subscribe to (each published message is matched against every distinct pattern)", details: "" },
+    Var { name: "RINGFAN_TOPICS_MAX",
+        kind: Kind::Int { default: IntDefault::Is(1_000_000), min: 1, max: 100_000_000, unit: Unit::Count, zero: None, note: "",
+            set: |c, v| c.topics_max = v as usize },
+        help: "distinct channels, patterns and shard channels with subscribers on one worker",
+        details: "A subscribe past it is refused with an error reply naming this variable, before anything changes." },
     Var { name: "RINGFAN_DRIVER",
         kind: Kind::Choice { names: &["auto", "io_uring", "epoll"],
             set: |c, v| DriverChoice::parse(v).map(|d| c.driver = d).is_some() },
@@ -356,7 +395,7 @@ impl Var {
             Kind::Addr { default, .. } => default.into(),
             Kind::OptionalAddr { .. } | Kind::Fault => "off".into(),
             Kind::Choice { names, .. } => names[0].into(),
-            Kind::LogFilter { default } => default.into(),
+            Kind::LogFilter { default } | Kind::Topic { default, .. } => default.into(),
         }
     }
 
@@ -410,6 +449,7 @@ impl Var {
             },
             Kind::LogFilter { .. } => LOG_VALUES.into(),
             Kind::Fault => FAULT_VALUES.into(),
+            Kind::Topic { .. } => TOPIC_VALUES.into(),
         }
     }
 
@@ -454,6 +494,7 @@ impl Var {
             }
             Kind::LogFilter { default } => c.log = self.log_filter(value.unwrap_or(default))?,
             Kind::Fault => c.fault = self.fault(value)?,
+            Kind::Topic { default, set } => set(c, self.topic(value.unwrap_or(default))?),
         }
         Ok(())
     }
@@ -461,6 +502,14 @@ impl Var {
 
 /// The parsers, one per [`Kind`]; each error names the variable, the value and `accepted()`.
 impl Var {
+    fn topic(&self, v: &str) -> Result<String, ConfigError> {
+        let ok = (1..=1024).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic());
+        match ok {
+            true => Ok(v.to_string()),
+            false => Err(self.error(v, self.accepted())),
+        }
+    }
+
     fn int(&self, v: &str) -> Result<u64, ConfigError> {
         let (min, max) = match self.kind {
             Kind::Int { min, max, .. } | Kind::PowerOfTwo { min, max, .. } => (min, max),
@@ -645,6 +694,12 @@ impl Config {
             user_timeout_ms: 0,
             notsent_lowat: 0,
             publish_listen: None,
+            resp_listen: None,
+            lines_topic: String::new(),
+            topic_bytes_max: 0,
+            subscriptions_max: 0,
+            patterns_max: 0,
+            topics_max: 0,
             fault: None,
             driver: DriverChoice::Auto,
         }
@@ -687,7 +742,8 @@ impl fmt::Display for Config {
              close_timeout_ms={} shutdown_timeout_ms={} read_budget_bytes={} recv_buffers={} \
              recv_buffer_bytes={} ring_entries={} listen_backlog={} slow_consumer={:?} \
              slow_consumer_timeout_ms={} max_connections={} keepalive_secs={} user_timeout_ms={} \
-             notsent_lowat={} publish_listen={} metrics_listen={} driver={:?}",
+             notsent_lowat={} publish_listen={} resp_listen={} lines_topic={} topic_bytes_max={} \
+             subscriptions_max={} patterns_max={} topics_max={} metrics_listen={} driver={:?}",
             self.listen,
             self.threads,
             self.pin,
@@ -710,6 +766,13 @@ impl fmt::Display for Config {
             self.notsent_lowat,
             self.publish_listen
                 .map_or("off".to_string(), |a| a.to_string()),
+            self.resp_listen
+                .map_or("off".to_string(), |a| a.to_string()),
+            self.lines_topic,
+            self.topic_bytes_max,
+            self.subscriptions_max,
+            self.patterns_max,
+            self.topics_max,
             self.metrics_listen
                 .map_or("off".to_string(), |a| a.to_string()),
             self.driver

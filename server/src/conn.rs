@@ -6,10 +6,11 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use bytes::Bytes;
-use ringfan_protocol::LineDecoder;
 use ringfan_ring::{Op, UserData};
 
 use crate::lifecycle::{CloseReason, Closing, ReadEnd, ReadHalf, WriteHalf};
+use crate::topics::Sub;
+use crate::wire::Codec;
 
 /// The kernel-facing part of a send. Boxed: the kernel holds a pointer to `msg` while the send is
 /// in flight, and the connection table may move connections when it grows.
@@ -62,24 +63,29 @@ pub struct Conn {
     pub progress_at: Option<Instant>,
     /// Lines dropped for this subscriber under the drop policy.
     pub dropped_messages: u64,
+    /// Over its queue limit in this turn's fan-out: evicted after it, gets nothing more.
+    pub doomed: bool,
     /// Accepted on a listener whose connections may publish.
     pub may_publish: bool,
 
-    pub decoder: LineDecoder,
+    /// The wire protocol: its decoder and session.
+    pub codec: Codec,
+    /// The topics it receives, while Subscribed.
+    pub subs: Vec<Sub>,
+    /// Input not decoded while its replies wait unsent (over half the queue limit).
+    pub input_held: bool,
     /// Received buffers not yet decoded (fairness: bounded work per connection per loop turn).
     pub pending: VecDeque<(u16, u32)>,
     pub pending_bytes: usize,
     pub read_end: Option<ReadEnd>,
 
     pub deadline: Option<Instant>,
-    /// Position in the worker's subscriber list while Subscribed.
-    pub sub_index: usize,
     pub in_ready: bool,
     pub in_dirty: bool,
 }
 
 impl Conn {
-    pub fn new(fd: RawFd, generation: u32, max_frame_bytes: usize) -> Self {
+    pub fn new(fd: RawFd, generation: u32, codec: Codec) -> Self {
         Conn {
             fd,
             generation,
@@ -106,13 +112,15 @@ impl Conn {
             last_send_progress: None,
             progress_at: None,
             dropped_messages: 0,
+            doomed: false,
             may_publish: true,
-            decoder: LineDecoder::new(max_frame_bytes),
+            codec,
+            subs: Vec::new(),
+            input_held: false,
             pending: VecDeque::new(),
             pending_bytes: 0,
             read_end: None,
             deadline: None,
-            sub_index: usize::MAX,
             in_ready: false,
             in_dirty: false,
         }
@@ -130,12 +138,12 @@ impl Conn {
             || self.close_in_flight
     }
 
-    /// True while received lines are decoded and published.
+    /// True while received input is decoded.
     pub fn takes_input(&self) -> bool {
         self.may_publish
             && self.write == WriteHalf::Subscribed
             && self.read == ReadHalf::Open
-            && !self.decoder.failed()
+            && !self.codec.finished()
     }
 
     pub(crate) fn set_reason(&mut self, reason: CloseReason) {
@@ -194,7 +202,7 @@ mod tests {
     use super::*;
 
     fn conn_with(msgs: &[&'static [u8]]) -> Conn {
-        let mut c = Conn::new(-1, 0, 1024);
+        let mut c = Conn::new(-1, 0, Codec::lines(1024));
         for m in msgs {
             c.queue.push_back(Bytes::from_static(m));
             c.queue_bytes += m.len();
@@ -223,7 +231,7 @@ mod tests {
 
     #[test]
     fn prepare_send_caps_iovecs() {
-        let mut c = Conn::new(-1, 0, 1024);
+        let mut c = Conn::new(-1, 0, Codec::lines(1024));
         for _ in 0..(IOV_MAX + 10) {
             c.queue.push_back(Bytes::from_static(b"x\n"));
             c.queue_bytes += 2;

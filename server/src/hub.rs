@@ -1,21 +1,24 @@
 //! The hub: how workers hand each other what their publishers sent.
 //!
-//! Each worker publishes the lines its connections completed in one loop turn as one [`Batch`]:
-//! one allocation and one reference count per peer worker, never a lock or a copy per subscriber.
-//! Peers receive batches in the order they were sent, so each publisher's lines keep their order
-//! on every core.
+//! Each worker ships the messages its connections published in one loop turn as one [`Batch`]
+//! per peer worker that has a subscriber for at least one of them (see [`crate::topics`]): the
+//! messages themselves are shared, never copied per worker or per subscriber. Peers receive
+//! batches in the order they were sent, so each publisher's messages keep their order on every
+//! core.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use ringfan_protocol::Chunk;
 use ringfan_ring::Doorbell;
 
-/// The chunks one worker's publishers completed in one loop turn, in order.
+use crate::topics::{Interest, Message};
+
+/// The messages one worker's publishers sent in one loop turn that one peer has subscribers
+/// for, in order.
 pub struct BatchData {
-    pub chunks: Vec<Chunk>,
+    pub messages: Vec<Arc<Message>>,
     /// When the publishing worker decoded them (start of fan-out latency).
     pub at: Instant,
 }
@@ -44,7 +47,11 @@ pub struct Shared {
     pub max_connections: usize,
     /// Workers that have published their last input during shutdown.
     pub quiesced: AtomicUsize,
+    /// What `CLIENT ID` answers: unique over the process's life.
+    pub next_client_id: AtomicU64,
     mailboxes: OnceLock<Vec<Mailbox>>,
+    /// Each worker's subscriptions, written only by that worker.
+    interest: Vec<RwLock<Interest>>,
 }
 
 impl Shared {
@@ -56,7 +63,9 @@ impl Shared {
             max_connections,
             shutdown: AtomicBool::new(false),
             quiesced: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
             mailboxes: OnceLock::new(),
+            interest: (0..workers).map(|_| RwLock::default()).collect(),
         }
     }
 
@@ -80,22 +89,32 @@ impl Shared {
             .expect("mailboxes are set before workers run")
     }
 
-    /// Sends `batch` to every worker but `from`.
-    pub fn publish(&self, from: usize, batch: &Batch, bytes: usize) {
-        for (i, m) in self.mailboxes().iter().enumerate() {
-            if i == from {
-                continue;
-            }
-            m.bytes.fetch_add(bytes, Ordering::Relaxed);
-            // The receiver lives as long as its worker; a send error means it already exited,
-            // which only happens after shutdown has quiesced every publisher.
-            let _ = m.tx.send(Arc::clone(batch));
-            // Release: the send above is visible to the owner's clear that reads this (see
-            // `drain`).
-            if !m.notified.swap(true, Ordering::AcqRel) {
-                m.doorbell.ring();
-            }
+    /// Sends `batch` (of `bytes` payload bytes) to worker `to`.
+    pub fn send(&self, to: usize, batch: Batch, bytes: usize) {
+        let m = &self.mailboxes()[to];
+        m.bytes.fetch_add(bytes, Ordering::Relaxed);
+        // The receiver lives as long as its worker; a send error means it already exited,
+        // which only happens after shutdown has quiesced every publisher.
+        let _ = m.tx.send(batch);
+        // Release: the send above is visible to the owner's clear that reads this (see
+        // `drain`).
+        if !m.notified.swap(true, Ordering::AcqRel) {
+            m.doorbell.ring();
         }
+    }
+
+    /// Worker `worker`'s subscriptions, for routing and `PUBSUB`. Never held while taking a
+    /// write lock (a worker writes only its own, and holds no other while it does).
+    pub fn interest(&self, worker: usize) -> RwLockReadGuard<'_, Interest> {
+        // A worker that panicked aborts the process: no lock is ever left poisoned in use.
+        self.interest[worker]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Worker `me`'s own subscriptions, to change them.
+    pub fn interest_mut(&self, me: usize) -> RwLockWriteGuard<'_, Interest> {
+        self.interest[me].write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a place for a new connection; false when the server is full.
@@ -132,7 +151,7 @@ impl Shared {
         m.notified.swap(false, Ordering::AcqRel);
         // Empty or disconnected (the senders live in `Shared`; only at exit) both end the drain.
         while let Ok(batch) = rx.try_recv() {
-            let bytes: usize = batch.chunks.iter().map(|c| c.bytes.len()).sum();
+            let bytes: usize = batch.messages.iter().map(|m| m.len()).sum();
             m.bytes.fetch_sub(bytes, Ordering::Relaxed);
             out.push(batch);
         }
@@ -159,6 +178,8 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topics::Body;
+    use ringfan_protocol::resp::Kind;
     use ringfan_protocol::Chunk;
     use ringfan_ring::{Driver, Epoll, RingConfig};
     use std::sync::mpsc;
@@ -197,7 +218,7 @@ mod tests {
                     completions.clear();
                     shared.drain(1, &rx1, &mut batches);
                     for b in batches.drain(..) {
-                        assert_eq!(b.chunks[0].count, taken, "out of order");
+                        assert_eq!(b.messages[0].count(), taken, "out of order");
                         taken += 1;
                     }
                 }
@@ -211,11 +232,12 @@ mod tests {
                 bytes: Default::default(),
                 count: i,
             };
+            let message = Message::new(Kind::Channel, "t".into(), Body::Lines(chunk));
             let batch = Arc::new(BatchData {
-                chunks: vec![chunk],
+                messages: vec![Arc::new(message)],
                 at: Instant::now(),
             });
-            shared.publish(0, &batch, 0);
+            shared.send(1, batch, 0);
             // Uneven gaps, so that publishes land on every point of the owner's clear and drain,
             // not only on long drains.
             for _ in 0..(i * 7919) % 512 {

@@ -10,6 +10,8 @@ pub mod net;
 #[cfg(test)]
 mod sim;
 pub mod stats;
+pub mod topics;
 #[cfg(test)]
 mod transitions;
+pub mod wire;
 pub mod worker;

@@ -48,10 +48,12 @@ pub enum CloseReason {
     CloseTimeout,
     Shutdown,
     IoError,
+    /// The client sent `QUIT`.
+    ClientQuit,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::PeerFin,
         CloseReason::PeerReset,
         CloseReason::EvictedSlow,
@@ -59,6 +61,7 @@ impl CloseReason {
         CloseReason::CloseTimeout,
         CloseReason::Shutdown,
         CloseReason::IoError,
+        CloseReason::ClientQuit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +73,7 @@ impl CloseReason {
             CloseReason::CloseTimeout => "close_timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::IoError => "io_error",
+            CloseReason::ClientQuit => "client_quit",
         }
     }
 }

@@ -282,6 +282,22 @@ pub const METRICS: &[Metric] = &[
     Metric { name: "ringfan_send_retries_total", unit: None,
         help: "Sends retried after a back-off because the kernel was short of memory.",
         feed: Feed::Counter(|s| s.send_retries) },
+    Metric { name: "ringfan_line_frames_skipped_total", unit: None,
+        help: "Messages not sent to a line subscriber because they contain a newline (they would arrive as two lines).",
+        feed: Feed::Counter(|s| s.line_frames_skipped) },
+    Metric { name: "ringfan_hub_batches_sent_total", unit: None, help: "Batches of messages shipped to other workers.",
+        feed: Feed::Counter(|s| s.hub_batches_sent) },
+    Metric { name: "ringfan_hub_messages_total", unit: None,
+        help: "Messages offered to another worker: sent (it has subscribers for them) or skipped (it has none), one per message and worker.",
+        feed: Feed::CounterBy("outcome", &[("sent", |s| s.hub_messages_sent), ("skipped", |s| s.hub_messages_skipped)]) },
+    Metric { name: "ringfan_commands_total", unit: None, help: "Redis-protocol commands carried out.",
+        feed: Feed::Counter(|s| s.commands) },
+    Metric { name: "ringfan_topics_refused_total", unit: None, help: "Subscribes refused at RINGFAN_TOPICS_MAX.",
+        feed: Feed::Counter(|s| s.topics_refused) },
+    Metric { name: "ringfan_topics", unit: None, help: "Distinct channels, patterns and shard channels with subscribers.",
+        feed: Feed::Gauge(|c| c.topics) },
+    Metric { name: "ringfan_subscriptions", unit: None, help: "Subscriptions held (a line connection holds one, to the lines topic).",
+        feed: Feed::Gauge(|c| c.subscriptions) },
     Metric { name: "ringfan_recv_enobufs_total", unit: None,
         help: "Receives that ended because the provided-buffer ring was empty.",
         feed: Feed::Counter(|s| s.recv_enobufs) },
@@ -441,6 +457,12 @@ mod tests {
             &mut s.slow_timeouts,
             &mut s.messages_dropped,
             &mut s.send_retries,
+            &mut s.line_frames_skipped,
+            &mut s.hub_batches_sent,
+            &mut s.hub_messages_sent,
+            &mut s.hub_messages_skipped,
+            &mut s.commands,
+            &mut s.topics_refused,
             &mut s.unexpected_errors,
             &mut s.driver.sq_full,
             &mut s.driver.cq_overflow,
@@ -488,6 +510,8 @@ mod tests {
             awaiting_fin: 1004,
             queued_bytes: 1005,
             largest_queue_bytes: 1006,
+            topics: 1007,
+            subscriptions: 1008,
         };
         m.publish(&stats, &census);
         m.latency.record(0.001);
@@ -515,7 +539,7 @@ mod tests {
         let mut expected: Vec<u64> = shown
             .split(' ')
             .map(|kv| kv.split_once('=').unwrap().1.parse().unwrap())
-            .chain(1001..=1006)
+            .chain(1001..=1008)
             .collect();
         expected.sort();
         assert_eq!(values, expected, "Stats: {shown}\nseries: {published:?}");
@@ -532,7 +556,8 @@ mod tests {
             ),
             ("ringfan_shutdown_aborted_total", "4"),
             ("ringfan_send_retries_total", "25"),
-            ("ringfan_enter_retries_total", "29"),
+            ("ringfan_enter_retries_total", "35"),
+            ("ringfan_hub_messages_total{outcome=\"skipped\"}", "29"),
             (
                 "ringfan_connections_closing{state=\"awaiting_fin\"}",
                 "1004",

@@ -15,7 +15,8 @@ use ringfan_ring::{Doorbell, Driver, Epoll, RingConfig, Uring};
 use ringfan::config::{self, Config, DriverChoice};
 use ringfan::hub::{Batch, Shared};
 use ringfan::stats::Stats;
-use ringfan::worker::Worker;
+use ringfan::topics::Proto;
+use ringfan::worker::{ListenFd, Worker};
 use ringfan::{metrics, net};
 
 use crate::{EXIT_DRIVER_SETUP, EXIT_NO_IO_URING, EXIT_WORKER_FAILED};
@@ -61,6 +62,9 @@ pub fn serve(cfg: Config) -> Result<ExitCode, Error> {
     println!("ringfan listening on {}", bound.addr);
     if let Some(p) = bound.publish_addr {
         println!("ringfan publishers on {p}");
+    }
+    if let Some(r) = bound.resp_addr {
+        println!("ringfan resp on {r}");
     }
     if let Some(m) = metrics_addr {
         println!("ringfan metrics on http://{m}/metrics");
@@ -127,29 +131,49 @@ fn choose_driver(choice: DriverChoice) -> Result<(bool, String), ExitCode> {
 
 /// Each worker's SO_REUSEPORT listeners, and the addresses they are bound to.
 struct Bound {
-    /// Per worker: the main listener and, if configured, the publish listener.
-    listeners: Vec<(OwnedFd, Option<OwnedFd>)>,
+    /// Per worker: the line listener, then the publish and RESP listeners if configured.
+    listeners: Vec<Vec<ListenFd>>,
     addr: SocketAddr,
     publish_addr: Option<SocketAddr>,
+    resp_addr: Option<SocketAddr>,
 }
 
 impl Bound {
     fn listen(cfg: &Config) -> Result<Bound, Error> {
-        let (listeners, addr) =
-            net::reuseport_listeners(cfg.listen, cfg.threads, cfg.listen_backlog)
-                .map_err(|e| format!("cannot listen on {} (RINGFAN_LISTEN): {e}", cfg.listen))?;
+        let bind = |addr: SocketAddr, var: &str| {
+            net::reuseport_listeners(addr, cfg.threads, cfg.listen_backlog)
+                .map_err(|e| format!("cannot listen on {addr} ({var}): {e}"))
+        };
+        let (lines, addr) = bind(cfg.listen, "RINGFAN_LISTEN")?;
         let mut publish: Vec<Option<OwnedFd>> = (0..cfg.threads).map(|_| None).collect();
         let mut publish_addr = None;
         if let Some(paddr) = cfg.publish_listen {
-            let (ls, bound) = net::reuseport_listeners(paddr, cfg.threads, cfg.listen_backlog)
-                .map_err(|e| format!("cannot listen on {paddr} (RINGFAN_PUBLISH_LISTEN): {e}"))?;
+            let (ls, bound) = bind(paddr, "RINGFAN_PUBLISH_LISTEN")?;
             publish = ls.into_iter().map(Some).collect();
             publish_addr = Some(bound);
         }
+        let mut listeners: Vec<Vec<ListenFd>> = lines
+            .into_iter()
+            .zip(publish)
+            .map(|(l, p)| ListenFd::lines(l, p))
+            .collect();
+        let mut resp_addr = None;
+        if let Some(raddr) = cfg.resp_listen {
+            let (ls, bound) = bind(raddr, "RINGFAN_RESP_LISTEN")?;
+            for (worker, fd) in listeners.iter_mut().zip(ls) {
+                worker.push(ListenFd {
+                    fd,
+                    proto: Proto::Resp,
+                    publishers: true,
+                });
+            }
+            resp_addr = Some(bound);
+        }
         Ok(Bound {
-            listeners: listeners.into_iter().zip(publish).collect(),
+            listeners,
             addr,
             publish_addr,
+            resp_addr,
         })
     }
 }
@@ -176,7 +200,7 @@ fn spawn_workers(
     cfg: &Arc<Config>,
     shared: &Arc<Shared>,
     use_uring: bool,
-    listeners: Vec<(OwnedFd, Option<OwnedFd>)>,
+    listeners: Vec<Vec<ListenFd>>,
 ) -> Result<Result<Vec<Option<WorkerHandle>>, ExitCode>, Error> {
     let cores = if cfg.pin {
         core_affinity::get_core_ids().unwrap_or_default()
@@ -198,7 +222,7 @@ fn spawn_workers(
     let start = Arc::new(Barrier::new(cfg.threads + 1));
     let mut senders = Vec::new();
     let mut handles = Vec::new();
-    for (id, (listener, publish_listener)) in listeners.into_iter().enumerate() {
+    for (id, listeners) in listeners.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel();
         senders.push(tx);
         let parts = WorkerParts {
@@ -206,8 +230,7 @@ fn spawn_workers(
             cfg: cfg.clone(),
             shared: shared.clone(),
             rx,
-            listener,
-            publish_listener,
+            listeners,
             ready_tx: ready_tx.clone(),
             start: start.clone(),
         };
@@ -336,8 +359,7 @@ struct WorkerParts {
     cfg: Arc<Config>,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Batch>,
-    listener: OwnedFd,
-    publish_listener: Option<OwnedFd>,
+    listeners: Vec<ListenFd>,
     ready_tx: mpsc::Sender<Result<(usize, Doorbell), String>>,
     start: Arc<Barrier>,
 }
@@ -361,8 +383,7 @@ impl WorkerParts {
             driver,
             self.shared,
             self.rx,
-            self.listener,
-            self.publish_listener,
+            self.listeners,
         );
         if metrics {
             worker.with_metrics().run()

@@ -46,6 +46,18 @@ pub struct Stats {
     pub messages_dropped: u64,
     /// Sends retried after a back-off because the kernel was short of memory.
     pub send_retries: u64,
+    /// Messages not sent to a line subscriber because the payload holds a `\n`.
+    pub line_frames_skipped: u64,
+    /// Batches shipped to other workers, and the messages in them.
+    pub hub_batches_sent: u64,
+    pub hub_messages_sent: u64,
+    /// Messages another worker was not sent because it had no subscriber for them (one per
+    /// message and worker).
+    pub hub_messages_skipped: u64,
+    /// RESP commands carried out.
+    pub commands: u64,
+    /// Subscribes refused at RINGFAN_TOPICS_MAX.
+    pub topics_refused: u64,
     pub unexpected_errors: u64,
     pub driver: DriverStats,
 }
@@ -62,6 +74,9 @@ pub struct Census {
     /// Bytes queued over all connections, and the largest single queue.
     pub queued_bytes: usize,
     pub largest_queue_bytes: usize,
+    /// Distinct topics with local subscribers, and subscriptions held.
+    pub topics: usize,
+    pub subscriptions: usize,
 }
 
 /// Applies `$m!(name, ...)` to every scalar counter: `add`, `Display` and the exhaustiveness check
@@ -94,6 +109,12 @@ macro_rules! scalar_counters {
             slow_timeouts,
             messages_dropped,
             send_retries,
+            line_frames_skipped,
+            hub_batches_sent,
+            hub_messages_sent,
+            hub_messages_skipped,
+            commands,
+            topics_refused,
             unexpected_errors
         }
     };

@@ -133,7 +133,14 @@ impl Harness {
         let script = Script::new();
         shared.set_mailboxes(vec![(tx, script.doorbell())]);
         let listener: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-        let mut w = Worker::new(0, cfg, script, shared, rx, listener, None);
+        let mut w = Worker::new(
+            0,
+            cfg,
+            script,
+            shared,
+            rx,
+            crate::worker::ListenFd::lines(listener, None),
+        );
         w.start();
         let mut h = Harness {
             w,
@@ -222,7 +229,7 @@ fn peer_fin_first_flushes_its_own_line_then_shuts_then_closes() {
         WriteHalf::Draining,
         "subscription dropped on FIN"
     );
-    assert!(h.w.subscribers.is_empty());
+    assert_eq!(h.w.index.total_members(), 0);
     h.complete(send, 4, false);
     h.turn();
     assert_eq!(

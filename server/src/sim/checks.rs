@@ -172,22 +172,37 @@ impl Sim {
 pub(super) fn check_bookkeeping(w: &Worker<SimDriver>) -> Result<(), Violation> {
     let d = &w.driver;
     let bad = |detail: String| Err(Violation::new("bookkeeping", detail));
-    let subscribed = w
-        .conns
-        .iter()
-        .filter(|(_, c)| c.write == WriteHalf::Subscribed)
-        .count();
-    if subscribed != w.subscribers.len() {
-        return bad(format!(
-            "{subscribed} connections are Subscribed but the subscriber list has {}",
-            w.subscribers.len()
-        ));
-    }
-    for (k, &slot) in w.subscribers.iter().enumerate() {
-        match w.conns.get(slot) {
-            Some(c) if c.write == WriteHalf::Subscribed && c.sub_index == k => {}
-            _ => return bad(format!("subscriber list entry {k} (slot {slot}) is stale")),
+    let mut memberships = 0;
+    for (slot, c) in w.conns.iter() {
+        if !c.subs.is_empty() && c.write != WriteHalf::Subscribed {
+            return bad(format!(
+                "slot {slot} holds topics after its subscription ended"
+            ));
         }
+        for sub in &c.subs {
+            memberships += 1;
+            let members = w.index.members(sub.kind, &sub.topic);
+            if members.get(sub.pos) != Some(&slot) {
+                return bad(format!(
+                    "slot {slot}'s place in topic {:?} is stale",
+                    sub.topic
+                ));
+            }
+            let seen = w.shared.interest(w.id).count(sub.kind, &sub.topic);
+            if seen != members.len() as u64 {
+                return bad(format!(
+                    "topic {:?}: {} local members, {seen} in the shared interest",
+                    sub.topic,
+                    members.len()
+                ));
+            }
+        }
+    }
+    if memberships != w.index.total_members() {
+        return bad(format!(
+            "connections hold {memberships} topic memberships, the index {}",
+            w.index.total_members()
+        ));
     }
     for (slot, c) in w.conns.iter() {
         let mut n = [0usize; 8];

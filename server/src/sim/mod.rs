@@ -210,8 +210,7 @@ impl Sim {
                 driver,
                 shared.clone(),
                 rx,
-                listener,
-                publish,
+                crate::worker::ListenFd::lines(listener, publish),
             ));
         }
         shared.set_mailboxes(mailboxes);

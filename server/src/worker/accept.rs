@@ -10,6 +10,7 @@ use super::shutdown::Phase;
 use super::Worker;
 use crate::lifecycle::CloseReason;
 use crate::net;
+use crate::topics::Proto;
 
 /// Slots used in the listeners' user_data (`LISTENER_SLOT - index`); connection slots never
 /// reach them (the doorbell uses u32::MAX).
@@ -18,12 +19,39 @@ const REFUSAL_LINE: &[u8] = b"-ERR server full\n";
 /// Back-off before re-arming accept after EMFILE/ENFILE or an unexpected error (no busy loop).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// One of the worker's listeners: 0 accepts subscribers (and publishers unless a publish
-/// listener is configured), 1 is the publish listener.
+/// A listening socket handed to a worker, and what its connections speak.
+pub struct ListenFd {
+    pub fd: OwnedFd,
+    pub proto: Proto,
+    /// Connections accepted here may publish (lines: false when a publish listener exists).
+    pub publishers: bool,
+}
+
+impl ListenFd {
+    /// The line listener and, if configured, the publish listener (then the only one whose
+    /// connections may publish lines).
+    pub fn lines(listener: OwnedFd, publish: Option<OwnedFd>) -> Vec<ListenFd> {
+        let publishers = publish.is_none();
+        std::iter::once(ListenFd {
+            fd: listener,
+            proto: Proto::Lines,
+            publishers,
+        })
+        .chain(publish.map(|fd| ListenFd {
+            fd,
+            proto: Proto::Lines,
+            publishers: true,
+        }))
+        .collect()
+    }
+}
+
+/// One of the worker's listeners.
 pub(super) struct Listener {
     pub(super) fd: Option<OwnedFd>,
     pub(super) armed: bool,
     pub(super) retry_at: Option<Instant>,
+    pub(super) proto: Proto,
     /// Connections accepted here may publish.
     pub(super) publishers: bool,
 }
@@ -100,8 +128,12 @@ impl<D: Driver> Worker<D> {
         ) {
             self.log_unexpected_io("setsockopt on an accepted connection", &e);
         }
-        let slot = self.conn_open(fd);
-        self.conns[slot].may_publish = self.listeners[index].publishers;
+        let (proto, publishers) = (
+            self.listeners[index].proto,
+            self.listeners[index].publishers,
+        );
+        let slot = self.conn_open(fd, proto);
+        self.conns[slot].may_publish = publishers;
         if self.phase >= Phase::Draining {
             // Accepted while shutting down: greet it with a clean FIN.
             self.conn_unsubscribe(slot, CloseReason::Shutdown);

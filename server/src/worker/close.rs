@@ -28,10 +28,16 @@ use std::time::{Duration, Instant};
 use ringfan_ring::errno::{self, Outcome};
 use ringfan_ring::{Driver, Op, UserData};
 
+use std::sync::atomic::Ordering;
+
+use ringfan_protocol::resp::{self, Kind, SessionConfig};
+
 use super::Worker;
 use crate::conn::Conn;
 use crate::lifecycle::{CloseReason, Closing, ReadEnd, ReadHalf, WriteHalf};
 use crate::net;
+use crate::topics::Proto;
+use crate::wire::Codec;
 
 /// How long a closing connection waits for its cancels before cancelling a survivor again.
 const CANCEL_RETRY: Duration = Duration::from_secs(1);
@@ -40,17 +46,35 @@ const CANCEL_RETRY: Duration = Duration::from_secs(1);
 const DRAIN_BEFORE_CLOSE_BYTES_MAX: usize = 1 << 20;
 
 impl<D: Driver> Worker<D> {
-    /// Accepted: subscribe and start receiving.
-    pub(crate) fn conn_open(&mut self, fd: RawFd) -> usize {
+    /// Accepted: start receiving; a line connection joins the lines topic.
+    pub(crate) fn conn_open(&mut self, fd: RawFd, proto: Proto) -> usize {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if self.generations.len() <= slot {
             self.generations.resize(slot + 1, 0);
         }
-        let conn = Conn::new(fd, self.generations[slot], self.cfg.max_frame_bytes);
-        entry.insert(conn);
-        self.conns[slot].sub_index = self.subscribers.len();
-        self.subscribers.push(slot);
+        let cfg = &self.cfg;
+        let codec = match proto {
+            Proto::Lines => Codec::lines(cfg.max_frame_bytes),
+            Proto::Resp => Codec::resp(
+                resp::Limits {
+                    bulk_bytes_max: cfg.max_frame_bytes,
+                    command_bytes_max: cfg.max_frame_bytes.saturating_mul(2).max(1 << 20),
+                },
+                SessionConfig {
+                    client_id: self.shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+                    topic_bytes_max: cfg.topic_bytes_max,
+                    subscriptions_max: cfg.subscriptions_max,
+                    patterns_max: cfg.patterns_max,
+                    ..SessionConfig::default()
+                },
+            ),
+        };
+        entry.insert(Conn::new(fd, self.generations[slot], codec));
+        if proto == Proto::Lines {
+            let topic = self.lines_topic.clone();
+            self.join(slot, Kind::Channel, &[topic]);
+        }
         self.arm_recv(slot);
         slot
     }
@@ -77,7 +101,7 @@ impl<D: Driver> Worker<D> {
         );
         conn.set_reason(reason);
         conn.write = WriteHalf::Draining;
-        self.remove_subscriber(slot);
+        self.leave_all(slot);
         self.stats.unsubscribed[reason as usize] += 1;
         if let Some(deadline) = deadline {
             self.set_deadline(slot, deadline);
@@ -232,6 +256,9 @@ impl<D: Driver> Worker<D> {
         if conn.closing != Closing::No {
             return self.conn_try_close(slot);
         }
+        if sent > 0 {
+            self.resume_held_input(slot);
+        }
         if result < 0 {
             return match errno::send(-result) {
                 // Retrying at once would spin on the same shortage: after a back-off.
@@ -246,6 +273,7 @@ impl<D: Driver> Worker<D> {
                 }
             };
         }
+        let conn = &self.conns[slot];
         match conn.write {
             WriteHalf::Subscribed if conn.queue_bytes > 0 => self.mark_dirty(slot),
             WriteHalf::Subscribed => {}
@@ -268,7 +296,7 @@ impl<D: Driver> Worker<D> {
         let _ = net::set_linger_zero(conn.fd);
         conn.read = ReadHalf::Ended;
         if conn.write == WriteHalf::Subscribed {
-            self.remove_subscriber(slot);
+            self.leave_all(slot);
         }
         let conn = &mut self.conns[slot];
         conn.write = WriteHalf::Ended;

@@ -4,79 +4,76 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringfan_protocol::Chunk;
+use bytes::Bytes;
+use ringfan_protocol::glob;
+use ringfan_protocol::resp::Kind;
 use ringfan_ring::Driver;
 
 use super::{AfterFanOut, Worker};
 use crate::config::SlowConsumer;
-use crate::hub::{Batch, BatchData};
+use crate::hub::BatchData;
 use crate::lifecycle::{CloseReason, Closing, WriteHalf};
 use crate::metrics::LATENCY_SAMPLE_INTERVAL;
+use crate::topics::Message;
 
 /// Wait before resending after a send failed for want of kernel memory (ENOBUFS, ENOMEM).
 const SEND_RETRY_BACKOFF: Duration = Duration::from_millis(2);
 
 impl<D: Driver> Worker<D> {
-    /// Delivers this turn's chunks to local subscribers and ships them to the other workers.
+    /// Delivers this turn's messages to local subscribers and ships them to the other workers.
     pub(crate) fn fan_out(&mut self) {
         if !self.batch.is_empty() {
             self.fan_out_batch();
         }
-        // A connection's FIN or protocol error takes effect only now, after the lines it sent
+        // A connection's FIN or protocol error takes effect only now, after the messages it sent
         // before it were delivered, to itself included.
         let mut after = std::mem::take(&mut self.after_fan_out);
         for (slot, action) in after.drain(..) {
             match action {
                 AfterFanOut::ReadEnd(end) => self.conn_on_read_end(slot, end),
-                AfterFanOut::ProtocolError(err) => {
-                    let conn = &mut self.conns[slot];
-                    if conn.write == WriteHalf::Subscribed {
-                        conn.queue_bytes += err.error_line().len();
-                        conn.queue.push_back(err.error_line());
-                        self.conn_evict(slot, CloseReason::ProtocolError);
-                    }
+                AfterFanOut::ProtocolError(reply) => {
+                    self.queue_reply(slot, reply);
+                    self.conn_evict(slot, CloseReason::ProtocolError);
                 }
+                AfterFanOut::Quit => self.conn_evict(slot, CloseReason::ClientQuit),
+                AfterFanOut::Drop => self.conn_abort(slot, CloseReason::ProtocolError),
             }
         }
         self.after_fan_out = after;
     }
 
-    /// The order in which one fan-out queues (and so submits) the subscribers' sends: the
-    /// subscriber list from a different start each time. The kernel works through a turn's
+    /// The order in which one fan-out queues (and so submits) the sends of `n` subscribers: the
+    /// member list from a different start each time. The kernel works through a turn's
     /// sends in submission order, so at N = 5000 the last send of a message goes out tens of
     /// milliseconds after the first; always starting at index 0 would make the same
     /// (earliest-connected) subscribers first and the same ones last, every message. The start
     /// follows the golden-ratio sequence, which spreads consecutive starts evenly over the list
     /// whatever its length, so each subscriber's latency percentiles come out alike.
-    fn fan_out_order(&mut self) -> impl Iterator<Item = usize> {
-        let n = self.subscribers.len();
+    fn fan_out_order(&mut self, n: usize) -> impl Iterator<Item = usize> {
         self.fan_outs = self.fan_outs.wrapping_add(1);
         // 2^32 / golden ratio: fan_outs * this mod 2^32 is the Weyl sequence, scaled to 0..n.
         let start = ((self.fan_outs.wrapping_mul(0x9E37_79B9) as u64 * n as u64) >> 32) as usize;
         (start..n).chain(0..start)
     }
 
+    fn fan_out_start(&mut self, n: usize) -> usize {
+        self.fan_out_order(n).next().unwrap_or(0)
+    }
+
+    /// Delivers the local batch and ships each other worker the messages routed to it.
     pub(crate) fn fan_out_batch(&mut self) {
         let batch = std::mem::take(&mut self.batch);
-        let echo = self.cfg.echo;
-        for i in self.fan_out_order() {
-            let slot = self.subscribers[i];
-            for (chunk, from) in &batch {
-                if !echo && *from == slot {
-                    continue;
-                }
-                if !self.deliver(slot, chunk) {
-                    break;
-                }
+        self.deliver_all(&batch, self.cfg.echo);
+        for peer in 0..self.outgoing.len() {
+            if self.outgoing[peer].is_empty() {
+                continue;
             }
-        }
-        if self.shared.workers > 1 {
-            let bytes = batch.iter().map(|(c, _)| c.bytes.len()).sum();
-            let shipped: Batch = Arc::new(BatchData {
-                chunks: batch.iter().map(|(c, _)| c.clone()).collect(),
-                at: self.now,
-            });
-            self.shared.publish(self.id, &shipped, bytes);
+            let messages = std::mem::take(&mut self.outgoing[peer]);
+            let bytes = messages.iter().map(|m| m.len()).sum();
+            self.stats.hub_batches_sent += 1;
+            let at = self.now;
+            self.shared
+                .send(peer, Arc::new(BatchData { messages, at }), bytes);
         }
         self.apply_evictions();
         self.sample_latency(self.now);
@@ -84,11 +81,88 @@ impl<D: Driver> Worker<D> {
         self.batch.clear();
     }
 
-    /// Queues `chunk` for `slot`. False if that put the subscriber over its limit (it is then
-    /// marked for eviction and gets nothing more).
-    pub(crate) fn deliver(&mut self, slot: usize, chunk: &Chunk) -> bool {
+    /// Delivers `messages` (each with the slot that published it, or `usize::MAX`) in order.
+    /// Consecutive messages of one topic go out subscriber by subscriber, so each subscriber's
+    /// queue takes the whole run at once.
+    fn deliver_all(&mut self, messages: &[(Arc<Message>, usize)], echo: bool) {
+        let mut i = 0;
+        while i < messages.len() {
+            let (kind, topic) = (messages[i].0.kind, &messages[i].0.topic);
+            let patterns = kind == Kind::Channel
+                && self.index.patterns().any(|(p, _)| glob::matches(p, topic));
+            // With a matching pattern, message by message: a client on both the channel and
+            // the pattern gets `message` then `pmessage` for each, as Redis sends them.
+            let mut end = i + 1;
+            while !patterns
+                && end < messages.len()
+                && messages[end].0.kind == kind
+                && messages[end].0.topic == *topic
+            {
+                end += 1;
+            }
+            self.deliver_run(&messages[i..end], echo);
+            if patterns {
+                self.deliver_patterns(&messages[i].0);
+            }
+            i = end;
+        }
+    }
+
+    /// Delivers a run of messages of one channel to its local subscribers.
+    fn deliver_run(&mut self, run: &[(Arc<Message>, usize)], echo: bool) {
+        let first = &run[0].0;
+        let mut members = std::mem::take(&mut self.members);
+        members.clear();
+        members.extend_from_slice(self.index.members(first.kind, &first.topic));
+        let n = members.len();
+        let start = self.fan_out_start(n);
+        for i in (start..n).chain(0..start) {
+            let slot = members[i];
+            let proto = self.conns[slot].codec.proto();
+            for (message, from) in run {
+                if !echo && *from == slot {
+                    continue;
+                }
+                let Some(frame) = message.frame(proto) else {
+                    self.stats.line_frames_skipped += 1;
+                    continue;
+                };
+                if !self.deliver(slot, frame, message.count()) {
+                    break;
+                }
+            }
+        }
+        if !members.is_empty() {
+            self.latency_candidate = Some(members[self.fan_outs as usize % members.len()]);
+        }
+        self.members = members;
+    }
+
+    /// Delivers a channel message to the local subscribers of every pattern it matches: one
+    /// `pmessage` frame per pattern, shared by its subscribers.
+    fn deliver_patterns(&mut self, message: &Message) {
+        let matching: Vec<(Bytes, Vec<usize>)> = self
+            .index
+            .patterns()
+            .filter(|(p, _)| glob::matches(p, &message.topic))
+            .map(|(p, m)| (p.clone(), m.clone()))
+            .collect();
+        for (pattern, members) in matching {
+            let frame = message.pattern_frame(&pattern);
+            for slot in members {
+                self.deliver(slot, &frame, message.count());
+            }
+        }
+    }
+
+    /// Queues `frame` (holding `count` messages) for `slot`. False if that put the subscriber
+    /// over its limit (it is then marked for eviction and gets nothing more).
+    pub(crate) fn deliver(&mut self, slot: usize, frame: &Bytes, count: usize) -> bool {
         let conn = &mut self.conns[slot];
-        let over = conn.queue_bytes + chunk.bytes.len() > self.cfg.send_queue_bytes_max;
+        if conn.doomed {
+            return false;
+        }
+        let over = conn.queue_bytes + frame.len() > self.cfg.send_queue_bytes_max;
         let timeout = self.cfg.slow_consumer_timeout;
         let stuck = !timeout.is_zero()
             && conn.queue_bytes > 0
@@ -101,17 +175,18 @@ impl<D: Driver> Worker<D> {
             }
             return match self.cfg.slow_consumer {
                 SlowConsumer::Disconnect => {
-                    tracing::debug!(worker = self.id, slot, queue_bytes = conn.queue_bytes, chunk = chunk.bytes.len(), stuck,
+                    tracing::debug!(worker = self.id, slot, queue_bytes = conn.queue_bytes, frame = frame.len(), stuck,
                         lagging_for = ?conn.lagging_since.map(|t| self.now.saturating_duration_since(t)),
                         since_progress = ?conn.last_send_progress.map(|t| self.now.saturating_duration_since(t)),
                         "slow subscriber");
+                    conn.doomed = true;
                     self.evict.push(slot);
                     false
                 }
                 SlowConsumer::Drop => {
-                    // Whole chunks only: the subscriber sees a gap, never a cut line.
-                    conn.dropped_messages += chunk.count as u64;
-                    self.stats.messages_dropped += chunk.count as u64;
+                    // Whole messages only: the subscriber sees a gap, never a cut frame.
+                    conn.dropped_messages += count as u64;
+                    self.stats.messages_dropped += count as u64;
                     true
                 }
             };
@@ -119,10 +194,10 @@ impl<D: Driver> Worker<D> {
         if conn.queue_bytes == 0 {
             conn.progress_at = Some(self.now);
         }
-        conn.queue_bytes += chunk.bytes.len();
-        conn.queued_total += chunk.bytes.len() as u64;
-        conn.queue.push_back(chunk.bytes.clone());
-        self.stats.messages_out += chunk.count as u64;
+        conn.queue_bytes += frame.len();
+        conn.queued_total += frame.len() as u64;
+        conn.queue.push_back(frame.clone());
+        self.stats.messages_out += count as u64;
         if conn.queue_bytes > self.cfg.lagging_bytes() && conn.lagging_since.is_none() {
             conn.lagging_since = Some(self.now);
             self.lagging.push((slot, conn.generation));
@@ -137,16 +212,16 @@ impl<D: Driver> Worker<D> {
     /// Now and then, follows the last delivery to one subscriber (round robin) until its send
     /// completes: the fan-out latency histogram. Off without metrics.
     pub(crate) fn sample_latency(&mut self, arrival: Instant) {
-        if self.metrics.is_none()
-            || self.now < self.next_latency_sample
-            || self.subscribers.is_empty()
-        {
+        if self.metrics.is_none() || self.now < self.next_latency_sample {
             return;
         }
+        let Some(slot) = self.latency_candidate.take() else {
+            return;
+        };
         self.next_latency_sample = self.now + LATENCY_SAMPLE_INTERVAL;
-        self.latency_rr = self.latency_rr.wrapping_add(1);
-        let slot = self.subscribers[self.latency_rr % self.subscribers.len()];
-        let conn = &mut self.conns[slot];
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
         if conn.latency_probe.is_none() && conn.queued_total > conn.sent_total {
             conn.latency_probe = Some((conn.queued_total, arrival));
         }
@@ -155,6 +230,7 @@ impl<D: Driver> Worker<D> {
     pub(crate) fn apply_evictions(&mut self) {
         let mut evict = std::mem::take(&mut self.evict);
         for slot in evict.drain(..) {
+            self.conns[slot].doomed = false;
             if self.conns[slot].write == WriteHalf::Subscribed {
                 self.stats.evicted_slow += 1;
                 if self.stats.evicted_slow.is_power_of_two() {
@@ -171,15 +247,11 @@ impl<D: Driver> Worker<D> {
     pub(crate) fn take_inbox(&mut self) {
         let mut batches = std::mem::take(&mut self.inbox_batches);
         self.shared.drain(self.id, &self.inbox, &mut batches);
+        let mut messages = Vec::new();
         for batch in batches.drain(..) {
-            for i in self.fan_out_order() {
-                let slot = self.subscribers[i];
-                for chunk in batch.chunks.iter() {
-                    if !self.deliver(slot, chunk) {
-                        break;
-                    }
-                }
-            }
+            messages.clear();
+            messages.extend(batch.messages.iter().map(|m| (Arc::clone(m), usize::MAX)));
+            self.deliver_all(&messages, true);
             // Before the next batch: an evicted subscriber must not get later messages after
             // missing one.
             self.apply_evictions();
@@ -212,16 +284,6 @@ impl<D: Driver> Worker<D> {
             conn.in_dirty = true;
             self.dirty.push(slot);
         }
-    }
-
-    pub(crate) fn remove_subscriber(&mut self, slot: usize) {
-        let index = self.conns[slot].sub_index;
-        assert_eq!(self.subscribers[index], slot);
-        self.subscribers.swap_remove(index);
-        if let Some(&moved) = self.subscribers.get(index) {
-            self.conns[moved].sub_index = index;
-        }
-        self.conns[slot].sub_index = usize::MAX;
     }
 
     /// A send failed for want of kernel memory: mark it for sending again after a back-off.

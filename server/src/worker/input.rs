@@ -1,14 +1,19 @@
-//! Input: receives into provided buffers, decoding bounded per connection and per turn, and
-//! flow control (a lagging subscriber holds input back).
+//! Input: receives into provided buffers, decoding bounded per connection and per turn through
+//! the connection's codec, carrying out what it asks for, and flow control (a lagging
+//! subscriber holds input back; so does a client's own reply backlog).
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use ringfan_protocol::resp::{encode, Action, Kind};
 use ringfan_ring::errno::{self, Outcome};
 use ringfan_ring::{Completion, Driver};
 
 use super::shutdown::Phase;
 use super::{AfterFanOut, Worker};
 use crate::lifecycle::{Closing, ReadEnd, ReadHalf, WriteHalf};
+use crate::topics::{Body, Message, Proto};
+use crate::wire::Input;
 
 /// A lagging subscriber holds input back only while its sends progressed within this window...
 const STALL_PROGRESS_WINDOW: Duration = Duration::from_millis(500);
@@ -133,6 +138,12 @@ impl<D: Driver> Worker<D> {
             conn.in_ready = false;
             let mut taken = 0;
             while taken < budget && turn_left > 0 {
+                if self.replies_backlogged(slot) && !force {
+                    // Its replies wait unsent: read no more of its commands until they drain.
+                    self.conns[slot].input_held = true;
+                    break;
+                }
+                let conn = &mut self.conns[slot];
                 let Some((id, len)) = conn.pending.pop_front() else {
                     break;
                 };
@@ -142,27 +153,135 @@ impl<D: Driver> Worker<D> {
                     .expect("pending input counted short");
                 taken += len as usize;
                 turn_left = turn_left.saturating_sub(len as usize);
-                let decoded = conn.decoder.decode(self.driver.buffer(id, len as usize));
-                self.driver.recycle(id);
-                if let Some(chunk) = decoded.chunk {
-                    self.stats.messages_in += chunk.count as u64;
-                    self.batch.push((chunk, slot));
-                }
-                if let Some(err) = decoded.error {
-                    self.stats.protocol_errors += 1;
-                    self.after_fan_out
-                        .push((slot, AfterFanOut::ProtocolError(err)));
+                self.decode_one(slot, id, len as usize);
+                if !self.conns[slot].takes_input() {
                     break;
                 }
             }
             let conn = &mut self.conns[slot];
-            if !conn.pending.is_empty() {
+            if conn.input_held || conn.write != WriteHalf::Subscribed {
+                // Held: resumed when its queue drains. Ended: whatever is pending was discarded.
+            } else if !conn.pending.is_empty() && conn.takes_input() {
                 conn.in_ready = true;
                 self.ready.push_back(slot);
             } else if let Some(end) = conn.read_end.take() {
                 self.after_fan_out.push((slot, AfterFanOut::ReadEnd(end)));
             } else {
                 self.maybe_arm_recv(slot);
+            }
+        }
+    }
+
+    /// Decodes one received buffer of `slot` and carries out what it asks for.
+    fn decode_one(&mut self, slot: usize, id: u16, len: usize) {
+        let mut inputs = std::mem::take(&mut self.inputs);
+        {
+            let index = &self.index;
+            let max = self.cfg.topics_max;
+            let refused = &mut self.stats.topics_refused;
+            // Topics admitted by earlier commands of this buffer, not yet in the index.
+            let mut admitted = 0;
+            let mut admit = |kind: Kind, new: &[&Bytes]| {
+                let fresh = new.iter().filter(|t| !index.contains(kind, t)).count();
+                if fresh > 0 && index.distinct() + admitted + fresh > max {
+                    *refused += 1;
+                    let text = format!(
+                        "too many channels and patterns on this server: at most {max} per worker (RINGFAN_TOPICS_MAX)"
+                    );
+                    return Err(encode::error(text.as_bytes()));
+                }
+                admitted += fresh;
+                Ok(())
+            };
+            let input = self.driver.buffer(id, len);
+            self.conns[slot]
+                .codec
+                .decode(input, &mut inputs, &mut admit);
+        }
+        self.driver.recycle(id);
+        for input in inputs.drain(..) {
+            self.apply_input(slot, input);
+        }
+        self.inputs = inputs;
+    }
+
+    /// Carries out one thing a connection's input asked for.
+    fn apply_input(&mut self, slot: usize, input: Input) {
+        match input {
+            Input::Lines(chunk) => {
+                self.stats.messages_in += chunk.count as u64;
+                let topic = self.lines_topic.clone();
+                self.publish(Message::new(Kind::Channel, topic, Body::Lines(chunk)), slot);
+            }
+            Input::Error(reply) => {
+                self.stats.protocol_errors += 1;
+                self.after_fan_out
+                    .push((slot, AfterFanOut::ProtocolError(reply)));
+            }
+            Input::Resp(action) => self.apply_action(slot, action),
+        }
+    }
+
+    fn apply_action(&mut self, slot: usize, action: Action) {
+        match action {
+            Action::Reply(reply) => {
+                self.stats.commands += 1;
+                self.queue_reply(slot, reply);
+            }
+            Action::Subscribe { kind, topics } => self.join(slot, kind, &topics),
+            Action::Unsubscribe { kind, topics } => self.leave(slot, kind, &topics),
+            Action::Publish {
+                kind,
+                channel,
+                message,
+            } => {
+                self.stats.commands += 1;
+                self.stats.messages_in += 1;
+                let n = self.publish(Message::new(kind, channel, Body::Payload(message)), slot);
+                self.queue_reply(slot, encode::integer(n as i64));
+            }
+            Action::Query(query) => {
+                self.stats.commands += 1;
+                let reply = self.query(&query);
+                self.queue_reply(slot, reply);
+            }
+            Action::Close => self.after_fan_out.push((slot, AfterFanOut::Quit)),
+            Action::Drop => self.after_fan_out.push((slot, AfterFanOut::Drop)),
+        }
+    }
+
+    /// Queues a reply to the connection's own command: never refused, never dropped (its
+    /// input is held instead while replies wait, see `replies_backlogged`).
+    pub(crate) fn queue_reply(&mut self, slot: usize, reply: Bytes) {
+        let conn = &mut self.conns[slot];
+        if conn.write != WriteHalf::Subscribed {
+            return;
+        }
+        if conn.queue_bytes == 0 {
+            conn.progress_at = Some(self.now);
+        }
+        conn.queue_bytes += reply.len();
+        conn.queued_total += reply.len() as u64;
+        conn.queue.push_back(reply);
+        self.mark_dirty(slot);
+    }
+
+    /// True when a RESP connection has more queued than half its limit: its next commands
+    /// wait, so a client that pipelines commands and never reads replies is held back by TCP
+    /// instead of growing its queue without bound.
+    fn replies_backlogged(&self, slot: usize) -> bool {
+        let conn = &self.conns[slot];
+        conn.codec.proto() == Proto::Resp && conn.queue_bytes > self.cfg.send_queue_bytes_max / 2
+    }
+
+    /// A send progressed: input held behind a reply backlog may go on.
+    pub(crate) fn resume_held_input(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if conn.input_held && conn.queue_bytes <= self.cfg.send_queue_bytes_max / 2 {
+            conn.input_held = false;
+            if !conn.in_ready && conn.write == WriteHalf::Subscribed {
+                conn.in_ready = true;
+                self.ready.push_back(slot);
             }
         }
     }

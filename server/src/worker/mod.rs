@@ -6,7 +6,9 @@
 //!
 //! The worker is split by concern, each file an `impl Worker` block:
 //! - [`accept`]: listeners, refusals, running out of fds;
-//! - [`input`]: receives, decoding, publishing into the hub, the fairness budget;
+//! - [`input`]: receives, decoding through the connection's codec ([`crate::wire`]), carrying
+//!   out what it asks, the fairness budget;
+//! - [`membership`]: topics joined and left, routing a published message, `PUBSUB` queries;
 //! - [`fanout`]: delivery to local subscribers, batches to other workers, slow consumers;
 //! - [`close`]: every connection transition and all the in-flight bookkeeping they rely on;
 //! - [`shutdown`]: the shutdown phases and their deadline.
@@ -15,15 +17,15 @@ mod accept;
 mod close;
 mod fanout;
 mod input;
+mod membership;
 mod shutdown;
 
 use std::collections::{BTreeSet, VecDeque};
-use std::os::fd::OwnedFd;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringfan_protocol::Chunk;
+use bytes::Bytes;
 use ringfan_ring::{Completion, Driver, Op};
 use slab::Slab;
 
@@ -33,7 +35,10 @@ use crate::hub::{Batch, Shared};
 use crate::lifecycle::ReadEnd;
 use crate::metrics::{WorkerMetrics, PUBLISH_INTERVAL};
 use crate::stats::{Census, Stats};
+use crate::topics::{Message, TopicIndex};
+use crate::wire::Input;
 
+pub use accept::ListenFd;
 use accept::{Listener, LISTENER_SLOT};
 use shutdown::Phase;
 
@@ -43,7 +48,12 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 
 enum AfterFanOut {
     ReadEnd(ReadEnd),
-    ProtocolError(ringfan_protocol::FrameTooLong),
+    /// Malformed input: send this reply, then close gracefully.
+    ProtocolError(Bytes),
+    /// `QUIT`: close gracefully once its reply is sent.
+    Quit,
+    /// Close at once, without sending what is queued (Redis's guard against HTTP requests).
+    Drop,
 }
 
 pub struct Worker<D: Driver> {
@@ -59,8 +69,10 @@ pub struct Worker<D: Driver> {
     pub(crate) conns: Slab<Conn>,
     /// Generation of each slot, kept across reuse.
     pub(crate) generations: Vec<u32>,
-    /// Slots of subscribed connections.
-    pub(crate) subscribers: Vec<usize>,
+    /// Topic -> local subscribers.
+    pub(crate) index: TopicIndex,
+    /// The lines topic, shared by every line message.
+    lines_topic: Bytes,
     /// Connections with undecoded input.
     ready: VecDeque<usize>,
     /// Connections with queued bytes and no send in flight.
@@ -82,8 +94,14 @@ pub struct Worker<D: Driver> {
     next_delivery_check: Instant,
     /// The testing fault this worker injects, if any, and when.
     fault: Option<(crate::config::FaultKind, Instant)>,
-    /// This turn's published chunks with the slot that sent each.
-    batch: Vec<(Chunk, usize)>,
+    /// This turn's published messages with the slot that sent each.
+    batch: Vec<(Arc<Message>, usize)>,
+    /// This turn's messages for each other worker (routed when published).
+    outgoing: Vec<Vec<Arc<Message>>>,
+    /// What the connection being decoded asked for.
+    inputs: Vec<Input>,
+    /// Scratch: the members of the topic being delivered.
+    members: Vec<usize>,
     inbox_batches: Vec<Batch>,
     /// Read ends and protocol errors met while decoding, applied after this turn's fan-out.
     after_fan_out: Vec<(usize, AfterFanOut)>,
@@ -97,9 +115,10 @@ pub struct Worker<D: Driver> {
     pub(crate) metrics: Option<WorkerMetrics>,
     next_metrics_publish: Instant,
     next_latency_sample: Instant,
-    latency_rr: usize,
     /// Counts fan-outs; each starts at a different subscriber (see `fan_out_order`).
     fan_outs: u32,
+    /// A subscriber the last fan-out reached, for the latency sample.
+    latency_candidate: Option<usize>,
 }
 
 impl<D: Driver> Worker<D> {
@@ -109,32 +128,35 @@ impl<D: Driver> Worker<D> {
         driver: D,
         shared: Arc<Shared>,
         inbox: Receiver<Batch>,
-        listener: OwnedFd,
-        publish_listener: Option<OwnedFd>,
+        listeners: Vec<ListenFd>,
     ) -> Self {
         let fault = cfg
             .fault
             .filter(|f| f.worker == id)
             .map(|f| (f.kind, Instant::now() + f.after));
+        let lines_topic = Bytes::from(cfg.lines_topic.clone().into_bytes());
+        let outgoing = (0..shared.workers).map(|_| Vec::new()).collect();
         Worker {
             id,
             cfg,
             driver,
             shared,
             inbox,
-            listeners: std::iter::once((listener, publish_listener.is_none()))
-                .chain(publish_listener.map(|l| (l, true)))
-                .map(|(fd, publishers)| Listener {
-                    fd: Some(fd),
+            listeners: listeners
+                .into_iter()
+                .map(|l| Listener {
+                    fd: Some(l.fd),
                     armed: false,
                     retry_at: None,
-                    publishers,
+                    proto: l.proto,
+                    publishers: l.publishers,
                 })
                 .collect(),
             spare_fd: std::fs::File::open("/dev/null").ok(),
             conns: Slab::new(),
             generations: Vec::new(),
-            subscribers: Vec::new(),
+            index: TopicIndex::default(),
+            lines_topic,
             ready: VecDeque::new(),
             dirty: Vec::new(),
             starved: Vec::new(),
@@ -146,6 +168,9 @@ impl<D: Driver> Worker<D> {
             next_delivery_check: Instant::now(),
             fault,
             batch: Vec::new(),
+            outgoing,
+            inputs: Vec::new(),
+            members: Vec::new(),
             inbox_batches: Vec::new(),
             after_fan_out: Vec::new(),
             completions: Vec::new(),
@@ -158,8 +183,8 @@ impl<D: Driver> Worker<D> {
             metrics: None,
             next_metrics_publish: Instant::now(),
             next_latency_sample: Instant::now(),
-            latency_rr: 0,
             fan_outs: 0,
+            latency_candidate: None,
         }
     }
 
@@ -359,9 +384,13 @@ impl<D: Driver> Worker<D> {
     /// Counts this worker's connections by state.
     fn census(&self) -> Census {
         use crate::lifecycle::{Closing, ReadHalf, WriteHalf};
-        let mut n = Census::default();
+        let mut n = Census {
+            topics: self.index.distinct(),
+            ..Census::default()
+        };
         for (_, c) in self.conns.iter() {
             n.open += 1;
+            n.subscriptions += c.subs.len();
             n.queued_bytes += c.queue_bytes;
             n.largest_queue_bytes = n.largest_queue_bytes.max(c.queue_bytes);
             if c.closing != Closing::No {

@@ -63,7 +63,12 @@ impl<D: Driver> Worker<D> {
                 self.take_inbox();
                 self.phase = Phase::Draining;
                 self.shutdown_deadline = Some(self.now + self.cfg.shutdown_timeout);
-                let subscribed: Vec<usize> = self.subscribers.clone();
+                let subscribed: Vec<usize> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.write == WriteHalf::Subscribed)
+                    .map(|(slot, _)| slot)
+                    .collect();
                 tracing::info!(
                     worker = self.id,
                     connections = self.conns.len(),
