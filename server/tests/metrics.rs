@@ -4,69 +4,7 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-/// Scrapes `url` (http://127.0.0.1:PORT/metrics) and sums each series over its `worker` label:
-/// `name{reason="x"}` keys keep their other labels.
-fn scrape(addr: &str) -> HashMap<String, f64> {
-    let body = scrape_text(addr);
-    let mut out = HashMap::new();
-    for line in body.lines().filter(|l| l.starts_with("ringfan_")) {
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let key = match series.split_once('{') {
-            Some((name, labels)) => {
-                let rest: Vec<&str> = labels
-                    .trim_end_matches('}')
-                    .split(',')
-                    .filter(|l| !l.starts_with("worker=") && !l.is_empty())
-                    .collect();
-                if rest.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{name}{{{}}}", rest.join(","))
-                }
-            }
-            None => series.to_string(),
-        };
-        *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-    }
-    out
-}
-
-/// The whole response to one scrape of `addr` (http://127.0.0.1:PORT/metrics), checked to be a 200.
-fn scrape_text(addr: &str) -> String {
-    let hostport = addr
-        .trim_start_matches("http://")
-        .trim_end_matches("/metrics");
-    let mut s = TcpStream::connect(hostport).expect("connect to the metrics listener");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    assert!(
-        body.starts_with("HTTP/1.1 200"),
-        "scrape failed: {body:.200}"
-    );
-    body
-}
-
-/// The `/metrics` URL the server printed (`ringfan metrics on URL`), waited for.
-fn metrics_url(server: &Server) -> String {
-    let find = || {
-        server.stdout_lines().iter().find_map(|l| {
-            l.strip_prefix("ringfan metrics on ")
-                .map(|u| u.trim().to_string())
-        })
-    };
-    assert!(
-        wait_until(secs(5), || find().is_some()),
-        "the server prints its metrics address"
-    );
-    find().unwrap()
-}
 
 fn get(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key)

@@ -8,6 +8,7 @@
 //! deadline, so a misbehaving server makes a test fail, never hang.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -437,6 +438,28 @@ impl Server {
             wait_until(secs(1), || self.stdout_closed.load(Ordering::Acquire));
         }
         self.stdout_lines.lock().unwrap().clone()
+    }
+
+    /// What follows `prefix` on the stdout line that starts with it (e.g. `ringfan resp on `),
+    /// waited for (5 s max).
+    pub fn printed(&self, prefix: &str) -> String {
+        let find = || {
+            self.stdout_lines()
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix).map(|u| u.trim().to_string()))
+        };
+        assert!(
+            wait_until(secs(5), || find().is_some()),
+            "the server prints `{prefix}...` on stdout"
+        );
+        find().unwrap()
+    }
+
+    /// The Redis-protocol listener's address (`ringfan resp on ADDR`).
+    pub fn resp_addr(&self) -> SocketAddr {
+        self.printed("ringfan resp on ")
+            .parse()
+            .expect("an address")
     }
 
     /// A human-readable description of the server's kernel-side state, for failure messages.
@@ -1105,4 +1128,57 @@ pub fn assert_bytes_eq(actual: &[u8], expected: &[u8], ctx: &str) {
         show(&actual[from.min(actual.len())..(first + 80).min(actual.len())]),
         show(&expected[from.min(expected.len())..(first + 80).min(expected.len())])
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus scrapes.
+
+/// Scrapes `url` (http://127.0.0.1:PORT/metrics) and sums each series over its `worker` label:
+/// `name{reason="x"}` keys keep their other labels.
+pub fn scrape(addr: &str) -> HashMap<String, f64> {
+    let body = scrape_text(addr);
+    let mut out = HashMap::new();
+    for line in body.lines().filter(|l| l.starts_with("ringfan_")) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let key = match series.split_once('{') {
+            Some((name, labels)) => {
+                let rest: Vec<&str> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.starts_with("worker=") && !l.is_empty())
+                    .collect();
+                if rest.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{name}{{{}}}", rest.join(","))
+                }
+            }
+            None => series.to_string(),
+        };
+        *out.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+/// The whole response to one scrape of `addr` (http://127.0.0.1:PORT/metrics), checked to be a 200.
+pub fn scrape_text(addr: &str) -> String {
+    let hostport = addr
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let mut s = TcpStream::connect(hostport).expect("connect to the metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.1 200"),
+        "scrape failed: {body:.200}"
+    );
+    body
+}
+
+/// The `/metrics` URL the server printed (`ringfan metrics on URL`), waited for.
+pub fn metrics_url(server: &Server) -> String {
+    server.printed("ringfan metrics on ")
 }
