@@ -18,7 +18,7 @@ mod session;
 pub use decode::{
     split_args, string_to_i64, Decoder, Limits, ARGUMENT_OVERHEAD_BYTES, LINE_BYTES_MAX,
 };
-pub use encode::{message_frame, pmessage_frame, smessage_frame, Kind};
+pub use encode::{message_frame, pmessage_frame, smessage_frame, Kind, Version};
 pub use session::{Action, Admit, Query, Session, SessionConfig};
 
 use bytes::Bytes;

@@ -2,7 +2,7 @@
 //! from Redis on purpose. Byte-exact agreement with Redis is `redis_differential.rs`.
 
 use bytes::Bytes;
-use ringfan_protocol::resp::{Action, Command, Kind, Query, Session, SessionConfig};
+use ringfan_protocol::resp::{Action, Command, Kind, Query, Session, SessionConfig, Version};
 
 fn command(args: &[&str]) -> Command {
     Command {
@@ -168,13 +168,41 @@ fn reset_releases_every_kind_of_interest() {
     assert_eq!(s.name(), None);
 }
 
+/// RESP3 after `HELLO 3`: pushes (`>`) for confirmations, `_` for null, no subscribed-mode
+/// restriction, a plain PONG; `HELLO 4` refused; `RESET` goes back to RESP2. (Byte-exact
+/// agreement with redis-server is in the differential script's RESP3 cases.)
 #[test]
-fn hello_3_is_refused_until_resp3_exists() {
+fn hello_3_switches_to_resp3_and_reset_back() {
     let mut s = Session::new(SessionConfig::default());
     assert_eq!(
-        reply(&run(&mut s, &["HELLO", "3"])),
+        reply(&run(&mut s, &["HELLO", "4"])),
         b"-NOPROTO unsupported protocol version\r\n"
     );
+    assert_eq!(s.version(), Version::Resp2);
+    let hello = reply(&run(&mut s, &["HELLO", "3"]));
+    assert!(hello.starts_with(b"%7\r\n$6\r\nserver\r\n"), "{hello:?}");
+    assert!(hello.windows(15).any(|w| w == b"$5\r\nproto\r\n:3\r\n"));
+    assert_eq!(s.version(), Version::Resp3);
+    assert_eq!(
+        reply(&run(&mut s, &["SUBSCRIBE", "a"])),
+        b">3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n"
+    );
+    assert_eq!(reply(&run(&mut s, &["PING"])), b"+PONG\r\n");
+    assert_eq!(reply(&run(&mut s, &["CLIENT", "GETNAME"])), b"_\r\n");
+    assert_eq!(
+        run(&mut s, &["PUBLISH", "a", "x"]),
+        vec![Action::Publish {
+            kind: Kind::Channel,
+            channel: Bytes::from_static(b"a"),
+            message: Bytes::from_static(b"x"),
+        }]
+    );
+    assert_eq!(
+        reply(&run(&mut s, &["PUNSUBSCRIBE"])),
+        b">3\r\n$12\r\npunsubscribe\r\n_\r\n:1\r\n"
+    );
+    run(&mut s, &["RESET"]);
+    assert_eq!(s.version(), Version::Resp2);
 }
 
 #[test]
@@ -233,4 +261,53 @@ fn known_but_unserved_commands_read_as_unknown_outside_subscribed_mode() {
         reply(&run(&mut s, &["CLIENT", "LIST"])),
         b"-ERR unknown subcommand 'LIST'. Try CLIENT HELP.\r\n"
     );
+}
+
+/// Redis 7.2's `CLIENT SETINFO`, which client libraries send while connecting (7.0.15, the
+/// differential reference, does not know it).
+#[test]
+fn client_setinfo_is_answered_as_redis_7_2() {
+    let mut s = Session::new(SessionConfig::default());
+    assert_eq!(
+        reply(&run(&mut s, &["CLIENT", "SETINFO", "LIB-NAME", "redis-py"])),
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        reply(&run(&mut s, &["client", "setinfo", "lib-ver", "5.0.1"])),
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        reply(&run(&mut s, &["CLIENT", "SETINFO", "color", "x"])),
+        b"-ERR Unrecognized option 'color'\r\n"
+    );
+    assert_eq!(
+        reply(&run(&mut s, &["CLIENT", "SETINFO", "lib-name", "a b"])),
+        b"-ERR lib-name cannot contain spaces, newlines or special characters.\r\n"
+    );
+    assert_eq!(
+        reply(&run(&mut s, &["CLIENT", "SETINFO", "lib-name"])),
+        b"-ERR wrong number of arguments for 'client|setinfo' command\r\n"
+    );
+}
+
+/// The server's veto: a refused subscribe changes nothing and answers the veto's error.
+#[test]
+fn a_vetoed_subscribe_changes_nothing() {
+    let mut s = Session::new(SessionConfig::default());
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    s.handle_with(
+        &command(&["SUBSCRIBE", "a", "b", "a"]),
+        &mut out,
+        &mut |kind, new| {
+            seen.push((kind, new.iter().map(|t| t.to_vec()).collect::<Vec<_>>()));
+            Err(Bytes::from_static(b"-ERR no\r\n"))
+        },
+    );
+    assert_eq!(
+        seen,
+        vec![(Kind::Channel, vec![b"a".to_vec(), b"b".to_vec()])]
+    );
+    assert_eq!(out, vec![Action::Reply(Bytes::from_static(b"-ERR no\r\n"))]);
+    assert!(!s.subscribed());
 }

@@ -151,7 +151,7 @@ impl Shared {
         m.notified.swap(false, Ordering::AcqRel);
         // Empty or disconnected (the senders live in `Shared`; only at exit) both end the drain.
         while let Ok(batch) = rx.try_recv() {
-            let bytes: usize = batch.messages.iter().map(|m| m.len()).sum();
+            let bytes: usize = batch.messages.iter().map(|m| m.payload_bytes()).sum();
             m.bytes.fetch_sub(bytes, Ordering::Relaxed);
             out.push(batch);
         }

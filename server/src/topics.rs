@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use ringfan_protocol::resp::{self, Kind};
+use ringfan_protocol::resp::{self, Kind, Version};
 use ringfan_protocol::{glob, Chunk};
 
 /// What a publisher sent.
@@ -39,14 +39,23 @@ pub struct Message {
     pub topic: Bytes,
     pub body: Body,
     line: OnceLock<Option<Bytes>>,
-    resp: OnceLock<Bytes>,
+    resp2: OnceLock<Bytes>,
+    resp3: OnceLock<Bytes>,
 }
 
-/// The wire protocol a connection speaks, which decides the frame it gets for a message.
+/// The wire protocol a listener's connections speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     Lines,
     Resp,
+}
+
+/// The frame a connection gets for a message: its protocol, and for RESP the version it
+/// negotiated (`HELLO 3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Lines,
+    Resp(Version),
 }
 
 impl Message {
@@ -57,7 +66,8 @@ impl Message {
             topic,
             body,
             line: OnceLock::new(),
-            resp: OnceLock::new(),
+            resp2: OnceLock::new(),
+            resp3: OnceLock::new(),
         }
     }
 
@@ -70,7 +80,7 @@ impl Message {
     }
 
     /// Payload bytes, for the inbox's accounting.
-    pub fn len(&self) -> usize {
+    pub fn payload_bytes(&self) -> usize {
         match &self.body {
             Body::Lines(chunk) => chunk.bytes.len(),
             Body::Payload(p) => p.len(),
@@ -89,9 +99,9 @@ impl Message {
     /// The frame for a connection speaking `proto` subscribed to this message's channel (or
     /// shard channel). None when it cannot be framed for that protocol: a payload containing
     /// `\n` is never sent to line connections, where it would arrive as two lines.
-    pub fn frame(&self, proto: Proto) -> Option<&Bytes> {
-        match proto {
-            Proto::Lines => self
+    pub fn frame(&self, framing: Framing) -> Option<&Bytes> {
+        match framing {
+            Framing::Lines => self
                 .line
                 .get_or_init(|| match &self.body {
                     Body::Lines(chunk) => Some(chunk.bytes.clone()),
@@ -104,21 +114,27 @@ impl Message {
                     }
                 })
                 .as_ref(),
-            Proto::Resp => Some(self.resp.get_or_init(|| {
-                let frame = |payload: &[u8]| match self.kind {
-                    Kind::Shard => resp::smessage_frame(&self.topic, payload),
-                    _ => resp::message_frame(&self.topic, payload),
+            Framing::Resp(version) => {
+                let cell = match version {
+                    Version::Resp2 => &self.resp2,
+                    Version::Resp3 => &self.resp3,
                 };
-                concat(self.payloads().map(frame))
-            })),
+                Some(cell.get_or_init(|| {
+                    let frame = |payload: &[u8]| match self.kind {
+                        Kind::Shard => resp::smessage_frame(version, &self.topic, payload),
+                        _ => resp::message_frame(version, &self.topic, payload),
+                    };
+                    concat(self.payloads().map(frame))
+                }))
+            }
         }
     }
 
     /// The `pmessage` frame(s) for subscribers of `pattern`: build once per matching pattern.
-    pub fn pattern_frame(&self, pattern: &[u8]) -> Bytes {
+    pub fn pattern_frame(&self, version: Version, pattern: &[u8]) -> Bytes {
         concat(
             self.payloads()
-                .map(|payload| resp::pmessage_frame(pattern, &self.topic, payload)),
+                .map(|payload| resp::pmessage_frame(version, pattern, &self.topic, payload)),
         )
     }
 }
@@ -303,16 +319,19 @@ mod tests {
     #[test]
     fn a_chunk_of_lines_is_one_frame_per_protocol_built_once() {
         let m = lines(b"a\nbc\r\n");
-        assert_eq!(&m.frame(Proto::Lines).unwrap()[..], b"a\nbc\r\n");
-        let resp = m.frame(Proto::Resp).unwrap();
+        assert_eq!(&m.frame(Framing::Lines).unwrap()[..], b"a\nbc\r\n");
+        let resp = m.frame(Framing::Resp(Version::Resp2)).unwrap();
         assert_eq!(
             &resp[..],
             b"*3\r\n$7\r\nmessage\r\n$5\r\nlines\r\n$1\r\na\r\n*3\r\n$7\r\nmessage\r\n$5\r\nlines\r\n$3\r\nbc\r\r\n"
         );
         // The same allocation every time: built once, shared.
-        assert_eq!(resp.as_ptr(), m.frame(Proto::Resp).unwrap().as_ptr());
         assert_eq!(
-            &m.pattern_frame(b"l*")[..],
+            resp.as_ptr(),
+            m.frame(Framing::Resp(Version::Resp2)).unwrap().as_ptr()
+        );
+        assert_eq!(
+            &m.pattern_frame(Version::Resp2, b"l*")[..],
             b"*4\r\n$8\r\npmessage\r\n$2\r\nl*\r\n$5\r\nlines\r\n$1\r\na\r\n*4\r\n$8\r\npmessage\r\n$2\r\nl*\r\n$5\r\nlines\r\n$3\r\nbc\r\r\n"
         );
     }
@@ -320,17 +339,17 @@ mod tests {
     #[test]
     fn a_payload_gets_a_newline_for_line_clients_unless_it_holds_one() {
         let m = Message::new(Kind::Channel, "t".into(), Body::Payload("x y".into()));
-        assert_eq!(&m.frame(Proto::Lines).unwrap()[..], b"x y\n");
+        assert_eq!(&m.frame(Framing::Lines).unwrap()[..], b"x y\n");
         let m = Message::new(Kind::Channel, "t".into(), Body::Payload("x\ny".into()));
-        assert_eq!(m.frame(Proto::Lines), None);
+        assert_eq!(m.frame(Framing::Lines), None);
         assert_eq!(
-            &m.frame(Proto::Resp).unwrap()[..],
+            &m.frame(Framing::Resp(Version::Resp2)).unwrap()[..],
             b"*3\r\n$7\r\nmessage\r\n$1\r\nt\r\n$3\r\nx\ny\r\n"
         );
         let s = Message::new(Kind::Shard, "t".into(), Body::Payload("".into()));
         assert_eq!(
-            &s.frame(Proto::Resp).unwrap()[..],
-            b"*3\r\n$8\r\nsmessage\r\n$1\r\nt\r\n$0\r\n\r\n"
+            &s.frame(Framing::Resp(Version::Resp3)).unwrap()[..],
+            b">3\r\n$8\r\nsmessage\r\n$1\r\nt\r\n$0\r\n\r\n"
         );
     }
 

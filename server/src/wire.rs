@@ -9,7 +9,7 @@ use bytes::Bytes;
 use ringfan_protocol::resp::{self, Action, Admit, Session, SessionConfig};
 use ringfan_protocol::{Chunk, LineDecoder};
 
-use crate::topics::Proto;
+use crate::topics::{Framing, Proto};
 
 /// What a connection's input asks of the worker, in the order it was sent.
 #[derive(Debug)]
@@ -59,6 +59,14 @@ impl Codec {
         match self {
             Codec::Lines(d) => d.failed(),
             Codec::Resp(r) => r.decoder.spent() || r.session.closed(),
+        }
+    }
+
+    /// The frame this connection gets for a message, as of now.
+    pub fn framing(&self) -> Framing {
+        match self {
+            Codec::Lines(_) => Framing::Lines,
+            Codec::Resp(r) => Framing::Resp(r.session.version()),
         }
     }
 

@@ -4,6 +4,8 @@ mod common;
 
 use common::*;
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 fn get(m: &HashMap<String, f64>, key: &str) -> f64 {

@@ -61,7 +61,7 @@ fn scripted_sessions_answer_as_recorded_redis() {
         let replies = redis::run_over_tcp(addr, case).unwrap_or_else(|e| panic!("ringfan: {e}"));
         redis::check_against_recording(case, &replies, "ringfan");
     }
-    server.assert_clean(0, secs(5), "after the scripted sessions");
+    server.assert_clean(0, Duration::from_secs(5), "after the scripted sessions");
 }
 
 #[test]
@@ -70,14 +70,14 @@ fn lines_and_resp_share_the_lines_topic() {
         return;
     }
     let (server, addr) = start(2, &[]);
+    let mut readers = connect_n(server.addr(), 4);
+    let mut line_pub = Client::connect(server.addr());
+    sync_clients_opts(&mut readers, 0, false);
     let mut sub = Conn::connect(addr);
     assert_eq!(
         call(&mut sub, &[b"SUBSCRIBE", b"lines"]),
         b"*3\r\n$9\r\nsubscribe\r\n$5\r\nlines\r\n:1\r\n"
     );
-    let mut readers = connect_n(server.addr(), 4);
-    let mut line_pub = Client::connect(server.addr());
-    sync_clients_opts(&mut readers, 0, false);
     // Every line connection is a subscriber of `lines`.
     let mut resp_pub = Conn::connect(addr);
     assert!(wait_until(secs(5), || {
@@ -145,13 +145,25 @@ fn a_confirmed_subscription_gets_every_later_publish_on_any_worker() {
         );
         call(&mut subs[s], &[b"UNSUBSCRIBE", &channel]);
     }
-    let m = scrape(&metrics_url(&server));
     // Rounds whose two connections sit on different workers crossed the hub; every other
     // message was offered to the other worker and skipped (no subscriber there).
-    let sent = m["ringfan_hub_messages_total{outcome=\"sent\"}"];
-    let skipped = m["ringfan_hub_messages_total{outcome=\"skipped\"}"];
-    assert!(sent > 0.0, "no round crossed workers: {m:?}");
-    assert_eq!(sent + skipped, ROUNDS as f64);
+    let url = metrics_url(&server);
+    let hub = || {
+        let m = scrape(&url);
+        (
+            m["ringfan_hub_messages_total{outcome=\"sent\"}"],
+            m["ringfan_hub_messages_total{outcome=\"skipped\"}"],
+        )
+    };
+    assert!(
+        wait_until(secs(5), || {
+            let (sent, skipped) = hub();
+            sent + skipped == ROUNDS as f64
+        }),
+        "hub counts {:?}",
+        hub()
+    );
+    assert!(hub().0 > 0.0, "no round crossed workers: {:?}", hub());
 }
 
 /// A worker with no subscriber for a topic is sent nothing for it; per-publisher order holds
@@ -175,10 +187,12 @@ fn messages_cross_only_to_interested_workers_in_publisher_order() {
             );
         }
     }
+    assert!(wait_until(secs(5), || {
+        scrape(&url)["ringfan_hub_messages_total{outcome=\"skipped\"}"] == 1000.0
+    }));
     let m = scrape(&url);
     assert_eq!(m["ringfan_hub_messages_total{outcome=\"sent\"}"], 0.0);
     assert_eq!(m["ringfan_hub_batches_sent_total"], 0.0);
-    assert_eq!(m["ringfan_hub_messages_total{outcome=\"skipped\"}"], 1000.0);
 
     let mut subs: Vec<Conn> = (0..6).map(|_| Conn::connect(addr)).collect();
     for s in subs.iter_mut() {
@@ -216,8 +230,9 @@ fn messages_cross_only_to_interested_workers_in_publisher_order() {
         check_order(s.frames(total).unwrap(), n, "channel subscriber");
     }
     check_order(psub.frames(total).unwrap(), 0, "pattern subscriber");
-    let m = scrape(&url);
-    assert!(m["ringfan_hub_messages_total{outcome=\"sent\"}"] > 0.0);
+    assert!(wait_until(secs(5), || {
+        scrape(&url)["ringfan_hub_messages_total{outcome=\"sent\"}"] > 0.0
+    }));
 }
 
 #[test]
@@ -243,9 +258,11 @@ fn topic_limit_refuses_the_whole_subscribe_and_names_the_variable() {
         call(&mut b, &[b"PUNSUBSCRIBE"]),
         b"*3\r\n$12\r\npunsubscribe\r\n$-1\r\n:2\r\n"
     );
-    let m = scrape(&metrics_url(&server));
-    assert_eq!(m["ringfan_topics_refused_total"], 1.0);
-    assert_eq!(m["ringfan_topics"], 3.0);
+    let url = metrics_url(&server);
+    assert!(wait_until(secs(5), || {
+        let m = scrape(&url);
+        m["ringfan_topics_refused_total"] == 1.0 && m["ringfan_topics"] == 3.0
+    }));
 }
 
 /// Close paths of RESP connections, checked in the kernel's socket table and fd list.
@@ -289,9 +306,9 @@ fn resp_close_paths_leave_no_close_wait_and_no_fd() {
             == b":0\r\n"),
         "subscriptions of closed connections still counted"
     );
-    server.assert_clean(1, secs(5), "after the RESP close paths");
+    server.assert_clean(1, Duration::from_secs(5), "after the RESP close paths");
     drop(publisher);
-    server.assert_clean(0, secs(5), "all closed");
+    server.assert_clean(0, Duration::from_secs(5), "all closed");
 }
 
 /// A RESP subscriber that stops reading is evicted as a line subscriber is (queue flushed as
@@ -359,5 +376,5 @@ fn slow_resp_subscriber_is_evicted_but_a_publisher_never_is() {
     assert_eq!(replies.len(), 40_000 * 4);
     assert!(writer.join().unwrap(), "the publisher's writes failed");
     drop((stalled, reader, publisher, mute));
-    server.assert_clean(0, secs(5), "after eviction");
+    server.assert_clean(0, Duration::from_secs(5), "after eviction");
 }

@@ -36,6 +36,35 @@ impl Kind {
     }
 }
 
+/// The protocol a connection speaks: RESP2 (the default), or RESP3 after `HELLO 3`.
+///
+/// For pub/sub the two differ in the aggregate type of what the server pushes (confirmations
+/// and messages are arrays `*` in RESP2, push frames `>` in RESP3) and in the null (`$-1` /
+/// `_`); the frame of a message is built once per version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Version {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+impl Version {
+    /// The type byte of a pushed aggregate.
+    fn push(self) -> u8 {
+        match self {
+            Version::Resp2 => b'*',
+            Version::Resp3 => b'>',
+        }
+    }
+
+    fn null(self) -> &'static [u8] {
+        match self {
+            Version::Resp2 => b"$-1\r\n",
+            Version::Resp3 => b"_\r\n",
+        }
+    }
+}
+
 /// Decimal digits of `n`, with its sign.
 fn int_len(n: i64) -> usize {
     let mut len = if n < 0 { 2 } else { 1 };
@@ -139,9 +168,18 @@ pub fn bulk(data: &[u8]) -> Bytes {
     build(bulk_len(data), |out| put_bulk(out, data))
 }
 
-/// `$-1\r\n`: RESP2's null.
-pub fn null_bulk() -> Bytes {
-    Bytes::from_static(b"$-1\r\n")
+/// The null: `$-1\r\n` in RESP2, `_\r\n` in RESP3.
+pub fn null(version: Version) -> Bytes {
+    Bytes::from_static(version.null())
+}
+
+/// `%n\r\n`, RESP3's map header (`n` pairs), or in RESP2 the flat array of `2n` elements
+/// Redis sends instead.
+pub fn map_header(version: Version, n: usize) -> Bytes {
+    match version {
+        Version::Resp2 => array_header(n * 2),
+        Version::Resp3 => build(header_len(n), |out| put_line(out, b'%', n as i64)),
+    }
 }
 
 /// `*n\r\n`, for an array whose elements are written separately.
@@ -178,44 +216,46 @@ pub fn numsub<T: AsRef<[u8]>>(counts: &[(T, u64)]) -> Bytes {
 
 /// The confirmation of one (p|s)subscribe: `*3 $subscribe $<topic> :<count>`. `count` is the
 /// connection's subscriptions afterwards: channels + patterns, or shard channels for `Shard`.
-pub fn subscribed(kind: Kind, topic: &[u8], count: usize) -> Bytes {
-    confirmation(kind.subscribe_word(), Some(topic), count)
+pub fn subscribed(version: Version, kind: Kind, topic: &[u8], count: usize) -> Bytes {
+    confirmation(version, kind.subscribe_word(), Some(topic), count)
 }
 
 /// The confirmation of one (p|s)unsubscribe; `topic` is `None` (a null bulk) when the
 /// connection asked to leave everything and had nothing to leave.
-pub fn unsubscribed(kind: Kind, topic: Option<&[u8]>, count: usize) -> Bytes {
-    confirmation(kind.unsubscribe_word(), topic, count)
+pub fn unsubscribed(version: Version, kind: Kind, topic: Option<&[u8]>, count: usize) -> Bytes {
+    confirmation(version, kind.unsubscribe_word(), topic, count)
 }
 
-fn confirmation(word: &[u8], topic: Option<&[u8]>, count: usize) -> Bytes {
-    let topic_len = topic.map_or(5, bulk_len);
+fn confirmation(version: Version, word: &[u8], topic: Option<&[u8]>, count: usize) -> Bytes {
+    let topic_len = topic.map_or(version.null().len(), bulk_len);
     let len = 4 + bulk_len(word) + topic_len + 1 + int_len(count as i64) + 2;
     build(len, |out| {
-        out.put_slice(b"*3\r\n");
+        out.put_u8(version.push());
+        out.put_slice(b"3\r\n");
         put_bulk(out, word);
         match topic {
             Some(t) => put_bulk(out, t),
-            None => out.put_slice(b"$-1\r\n"),
+            None => out.put_slice(version.null()),
         }
         put_line(out, b':', count as i64);
     })
 }
 
 /// `*3 $message $<channel> $<payload>`: what every subscriber of `channel` receives.
-pub fn message_frame(channel: &[u8], payload: &[u8]) -> Bytes {
-    three(b"message", channel, payload)
+pub fn message_frame(version: Version, channel: &[u8], payload: &[u8]) -> Bytes {
+    three(version, b"message", channel, payload)
 }
 
 /// `*3 $smessage $<channel> $<payload>`: what every shard subscriber of `channel` receives.
-pub fn smessage_frame(channel: &[u8], payload: &[u8]) -> Bytes {
-    three(b"smessage", channel, payload)
+pub fn smessage_frame(version: Version, channel: &[u8], payload: &[u8]) -> Bytes {
+    three(version, b"smessage", channel, payload)
 }
 
-fn three(word: &[u8], channel: &[u8], payload: &[u8]) -> Bytes {
+fn three(version: Version, word: &[u8], channel: &[u8], payload: &[u8]) -> Bytes {
     let len = 4 + bulk_len(word) + bulk_len(channel) + bulk_len(payload);
     build(len, |out| {
-        out.put_slice(b"*3\r\n");
+        out.put_u8(version.push());
+        out.put_slice(b"3\r\n");
         put_bulk(out, word);
         put_bulk(out, channel);
         put_bulk(out, payload);
@@ -224,10 +264,11 @@ fn three(word: &[u8], channel: &[u8], payload: &[u8]) -> Bytes {
 
 /// `*4 $pmessage $<pattern> $<channel> $<payload>`: what every subscriber of `pattern` receives
 /// for a message on a matching channel.
-pub fn pmessage_frame(pattern: &[u8], channel: &[u8], payload: &[u8]) -> Bytes {
+pub fn pmessage_frame(version: Version, pattern: &[u8], channel: &[u8], payload: &[u8]) -> Bytes {
     let len = 4 + bulk_len(b"pmessage") + bulk_len(pattern) + bulk_len(channel) + bulk_len(payload);
     build(len, |out| {
-        out.put_slice(b"*4\r\n");
+        out.put_u8(version.push());
+        out.put_slice(b"4\r\n");
         put_bulk(out, b"pmessage");
         put_bulk(out, pattern);
         put_bulk(out, channel);
@@ -248,7 +289,10 @@ mod tests {
         assert_eq!(&integer(i64::MAX)[..], b":9223372036854775807\r\n");
         assert_eq!(&bulk(b"")[..], b"$0\r\n\r\n");
         assert_eq!(&bulk(b"a\r\nb")[..], b"$4\r\na\r\nb\r\n");
-        assert_eq!(&null_bulk()[..], b"$-1\r\n");
+        assert_eq!(&null(Version::Resp2)[..], b"$-1\r\n");
+        assert_eq!(&null(Version::Resp3)[..], b"_\r\n");
+        assert_eq!(&map_header(Version::Resp3, 7)[..], b"%7\r\n");
+        assert_eq!(&map_header(Version::Resp2, 7)[..], b"*14\r\n");
         assert_eq!(&array_header(10)[..], b"*10\r\n");
         assert_eq!(
             &bulk_array(&[&b"a"[..], b"bc"])[..],
@@ -268,27 +312,31 @@ mod tests {
     #[test]
     fn pubsub_frames() {
         assert_eq!(
-            &subscribed(Kind::Channel, b"news", 1)[..],
+            &subscribed(Version::Resp2, Kind::Channel, b"news", 1)[..],
             b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
         );
         assert_eq!(
-            &unsubscribed(Kind::Pattern, None, 0)[..],
+            &unsubscribed(Version::Resp2, Kind::Pattern, None, 0)[..],
             b"*3\r\n$12\r\npunsubscribe\r\n$-1\r\n:0\r\n"
         );
         assert_eq!(
-            &unsubscribed(Kind::Shard, Some(b"s"), 12)[..],
+            &unsubscribed(Version::Resp3, Kind::Pattern, None, 0)[..],
+            b">3\r\n$12\r\npunsubscribe\r\n_\r\n:0\r\n"
+        );
+        assert_eq!(
+            &unsubscribed(Version::Resp2, Kind::Shard, Some(b"s"), 12)[..],
             b"*3\r\n$12\r\nsunsubscribe\r\n$1\r\ns\r\n:12\r\n"
         );
         assert_eq!(
-            &message_frame(b"ch", b"\0\r\n\xff")[..],
+            &message_frame(Version::Resp2, b"ch", b"\0\r\n\xff")[..],
             b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$4\r\n\0\r\n\xff\r\n"
         );
         assert_eq!(
-            &smessage_frame(b"ch", b"")[..],
-            b"*3\r\n$8\r\nsmessage\r\n$2\r\nch\r\n$0\r\n\r\n"
+            &smessage_frame(Version::Resp3, b"ch", b"")[..],
+            b">3\r\n$8\r\nsmessage\r\n$2\r\nch\r\n$0\r\n\r\n"
         );
         assert_eq!(
-            &pmessage_frame(b"c*", b"ch", b"hi")[..],
+            &pmessage_frame(Version::Resp2, b"c*", b"ch", b"hi")[..],
             b"*4\r\n$8\r\npmessage\r\n$2\r\nc*\r\n$2\r\nch\r\n$2\r\nhi\r\n"
         );
         assert_eq!(
@@ -303,12 +351,13 @@ mod tests {
         for n in [0usize, 9, 10, 99, 100, 999, 1000, 12345] {
             let payload = vec![b'x'; n];
             assert_eq!(
-                message_frame(b"c", &payload).len(),
+                message_frame(Version::Resp3, b"c", &payload).len(),
                 4 + 13 + 7 + bulk_len(&payload)
             );
-            pmessage_frame(&payload, &payload, &payload);
-            subscribed(Kind::Shard, &payload, n);
-            unsubscribed(Kind::Channel, None, n);
+            pmessage_frame(Version::Resp3, &payload, &payload, &payload);
+            subscribed(Version::Resp2, Kind::Shard, &payload, n);
+            unsubscribed(Version::Resp3, Kind::Channel, None, n);
+            unsubscribed(Version::Resp2, Kind::Channel, None, n);
             numsub(&[(&payload, n as u64)]);
             bulk_array(&[&payload, &payload]);
             integer(n as i64);

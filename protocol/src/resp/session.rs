@@ -14,8 +14,6 @@
 //!   refusal, since Redis refuses them there too.
 //! - `CLIENT SETINFO` (Redis 7.2) is answered as Redis 7.2 answers it, since client libraries
 //!   send it while connecting; 7.0.15 does not know it.
-//! - `HELLO 3` is refused with `-NOPROTO unsupported protocol version`, as Redis refuses 4,
-//!   until RESP3 exists here.
 //! - `UNSUBSCRIBE` / `SUNSUBSCRIBE` without arguments confirm in subscription order; Redis walks
 //!   a hash table with a per-process random seed, so its order is arbitrary.
 //! - Topic length and subscriptions per connection are bounded ([`SessionConfig`]); Redis has no
@@ -26,7 +24,7 @@ use std::collections::HashMap;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::commands::COMMANDS;
-use super::encode::{self, Kind};
+use super::encode::{self, Kind, Version};
 use super::Command;
 
 /// Per-connection settings.
@@ -144,6 +142,7 @@ pub struct Session {
     shard_channels: OrderedSet,
     name: Option<Bytes>,
     closed: bool,
+    version: Version,
 }
 
 const SUBSCRIBED_MODE_ALLOWED: &[&str] = &[
@@ -167,6 +166,7 @@ impl Session {
             shard_channels: OrderedSet::default(),
             name: None,
             closed: false,
+            version: Version::Resp2,
         }
     }
 
@@ -175,7 +175,12 @@ impl Session {
         self.closed
     }
 
-    /// Redis's subscribed mode (RESP2): any channel, pattern or shard channel held.
+    /// The protocol spoken: RESP3 after `HELLO 3`, until `HELLO 2` or `RESET`.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Redis's subscribed mode: any channel, pattern or shard channel held.
     pub fn subscribed(&self) -> bool {
         self.channels.len() + self.patterns.len() + self.shard_channels.len() > 0
     }
@@ -248,7 +253,11 @@ impl Session {
             let text = format!("wrong number of arguments for '{full_name}' command");
             return out.push(reply_error(text.as_bytes()));
         }
-        if self.subscribed() && !SUBSCRIBED_MODE_ALLOWED.contains(&full_name) {
+        // RESP3 carries pushes beside replies: no command is restricted there.
+        if self.version == Version::Resp2
+            && self.subscribed()
+            && !SUBSCRIBED_MODE_ALLOWED.contains(&full_name)
+        {
             let text = format!(
                 "Can't execute '{full_name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
             );
@@ -290,7 +299,7 @@ impl Session {
             "client|id" => out.push(Action::Reply(encode::integer(self.config.client_id as i64))),
             "client|getname" => out.push(Action::Reply(match &self.name {
                 Some(name) => encode::bulk(name),
-                None => encode::null_bulk(),
+                None => encode::null(self.version),
             })),
             "client|setname" => out.push(Action::Reply(match self.set_name(&args[2]) {
                 Ok(()) => encode::simple(b"OK"),
@@ -307,7 +316,7 @@ impl Session {
     }
 
     fn ping(&self, args: &[Bytes]) -> Bytes {
-        if self.subscribed() {
+        if self.subscribed() && self.version == Version::Resp2 {
             let arg: &[u8] = args.get(1).map_or(b"", |a| &a[..]);
             let mut reply = BytesMut::new();
             reply.put_slice(b"*2\r\n$4\r\npong\r\n");
@@ -330,6 +339,7 @@ impl Session {
             }
         }
         self.name = None;
+        self.version = Version::Resp2;
         out.push(Action::Reply(encode::simple(b"RESET")));
     }
 
@@ -349,16 +359,16 @@ impl Session {
     }
 
     fn hello(&mut self, args: &[Bytes]) -> Bytes {
+        let mut requested = None;
         if let Some(version) = args.get(1) {
             match super::decode::string_to_i64(version) {
                 None => {
                     return encode::error(b"Protocol version is not an integer or out of range")
                 }
-                // 3 is valid for Redis; refused here until RESP3 is spoken.
-                Some(v) if v != 2 => {
+                Some(v) if v != 2 && v != 3 => {
                     return encode::error(b"-NOPROTO unsupported protocol version")
                 }
-                Some(_) => {}
+                Some(v) => requested = Some(v),
             }
         }
         let mut j = 2;
@@ -386,6 +396,12 @@ impl Session {
             }
             j += 1;
         }
+        // Switched only once every option was accepted, as Redis does.
+        match requested {
+            Some(3) => self.version = Version::Resp3,
+            Some(_) => self.version = Version::Resp2,
+            None => {}
+        }
         let fields: [&[u8]; 14] = [
             b"server",
             b"redis",
@@ -403,10 +419,13 @@ impl Session {
             b"",
         ];
         let mut reply = BytesMut::new();
-        reply.put_slice(b"*14\r\n");
+        reply.put_slice(&encode::map_header(self.version, fields.len() / 2));
         for (i, field) in fields.iter().enumerate() {
             match i {
-                5 => reply.put_slice(b":2\r\n"),
+                5 => reply.put_slice(match self.version {
+                    Version::Resp2 => b":2\r\n",
+                    Version::Resp3 => b":3\r\n",
+                }),
                 7 => reply.put_slice(&encode::integer(self.config.client_id as i64)),
                 13 => reply.put_slice(b"*0\r\n"),
                 _ => reply.put_slice(&encode::bulk(field)),
@@ -428,7 +447,12 @@ impl Session {
             if self.set_mut(kind).insert(topic) {
                 added.push(topic.clone());
             }
-            replies.put_slice(&encode::subscribed(kind, topic, self.count(kind)));
+            replies.put_slice(&encode::subscribed(
+                self.version,
+                kind,
+                topic,
+                self.count(kind),
+            ));
         }
         if !added.is_empty() {
             out.push(Action::Subscribe {
@@ -479,18 +503,33 @@ impl Session {
         if topics.is_empty() {
             for topic in self.topics(kind) {
                 self.set_mut(kind).remove(&topic);
-                replies.put_slice(&encode::unsubscribed(kind, Some(&topic), self.count(kind)));
+                replies.put_slice(&encode::unsubscribed(
+                    self.version,
+                    kind,
+                    Some(&topic),
+                    self.count(kind),
+                ));
                 removed.push(topic);
             }
             if removed.is_empty() {
-                replies.put_slice(&encode::unsubscribed(kind, None, self.count(kind)));
+                replies.put_slice(&encode::unsubscribed(
+                    self.version,
+                    kind,
+                    None,
+                    self.count(kind),
+                ));
             }
         } else {
             for topic in topics {
                 if self.set_mut(kind).remove(topic) {
                     removed.push(topic.clone());
                 }
-                replies.put_slice(&encode::unsubscribed(kind, Some(topic), self.count(kind)));
+                replies.put_slice(&encode::unsubscribed(
+                    self.version,
+                    kind,
+                    Some(topic),
+                    self.count(kind),
+                ));
             }
         }
         if !removed.is_empty() {

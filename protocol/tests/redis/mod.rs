@@ -95,7 +95,16 @@ pub struct Script {
 }
 
 pub fn cases_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/redis/pubsub_cases.txt")
+    // The protocol crate's own tests, or the server's, which include this module too.
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    [
+        "tests/redis/pubsub_cases.txt",
+        "../protocol/tests/redis/pubsub_cases.txt",
+    ]
+    .iter()
+    .map(|p| here.join(p))
+    .find(|p| p.exists())
+    .expect("pubsub_cases.txt")
 }
 
 pub fn unescape(s: &str) -> Vec<u8> {
@@ -285,8 +294,9 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
             .expect("a RESP length")
     };
     match *buf.first()? {
-        b'+' | b'-' | b':' => Some(end + 2),
-        b'$' => {
+        // RESP3's null, boolean, double and big number are one line too.
+        b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => Some(end + 2),
+        b'$' | b'!' | b'=' => {
             let n = number();
             let len = if n < 0 {
                 end + 2
@@ -295,8 +305,9 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
             };
             (buf.len() >= len).then_some(len)
         }
-        b'*' => {
-            let n = number();
+        // Arrays, RESP3's pushes and sets: n elements; maps: n pairs.
+        kind @ (b'*' | b'>' | b'~' | b'%') => {
+            let n = number() * if kind == b'%' { 2 } else { 1 };
             let mut at = end + 2;
             for _ in 0..n.max(0) {
                 at += frame_len(&buf[at..])?;
@@ -304,7 +315,7 @@ pub fn frame_len(buf: &[u8]) -> Option<usize> {
             Some(at)
         }
         other => panic!(
-            "not a RESP2 frame: starts with {other:?} in {:?}",
+            "not a RESP frame: starts with {other:?} in {:?}",
             escape(buf)
         ),
     }
@@ -655,21 +666,23 @@ impl SimHub {
     }
 
     fn publish(&mut self, kind: Kind, channel: &Bytes, message: &Bytes) -> usize {
-        let frame = match kind {
-            Kind::Shard => resp::smessage_frame(channel, message),
-            _ => resp::message_frame(channel, message),
+        let frame = |version| match kind {
+            Kind::Shard => resp::smessage_frame(version, channel, message),
+            _ => resp::message_frame(version, channel, message),
         };
         let mut deliveries = 0;
         for c in self.clients.iter_mut().filter(|c| !c.closed) {
+            let version = c.session.version();
             if c.session.is_subscribed(kind, channel) {
-                c.out.extend_from_slice(&frame);
+                c.out.extend_from_slice(&frame(version));
                 deliveries += 1;
             }
             if kind == Kind::Channel {
                 for pattern in c.session.topics(Kind::Pattern) {
                     if glob::matches(&pattern, channel) {
-                        c.out
-                            .extend_from_slice(&resp::pmessage_frame(&pattern, channel, message));
+                        c.out.extend_from_slice(&resp::pmessage_frame(
+                            version, &pattern, channel, message,
+                        ));
                         deliveries += 1;
                     }
                 }

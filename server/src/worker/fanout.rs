@@ -14,7 +14,7 @@ use crate::config::SlowConsumer;
 use crate::hub::BatchData;
 use crate::lifecycle::{CloseReason, Closing, WriteHalf};
 use crate::metrics::LATENCY_SAMPLE_INTERVAL;
-use crate::topics::Message;
+use crate::topics::{Framing, Message};
 
 /// Wait before resending after a send failed for want of kernel memory (ENOBUFS, ENOMEM).
 const SEND_RETRY_BACKOFF: Duration = Duration::from_millis(2);
@@ -69,7 +69,7 @@ impl<D: Driver> Worker<D> {
                 continue;
             }
             let messages = std::mem::take(&mut self.outgoing[peer]);
-            let bytes = messages.iter().map(|m| m.len()).sum();
+            let bytes = messages.iter().map(|m| m.payload_bytes()).sum();
             self.stats.hub_batches_sent += 1;
             let at = self.now;
             self.shared
@@ -118,12 +118,15 @@ impl<D: Driver> Worker<D> {
         let start = self.fan_out_start(n);
         for i in (start..n).chain(0..start) {
             let slot = members[i];
-            let proto = self.conns[slot].codec.proto();
+            let framing = self.conns[slot].codec.framing();
+            // RINGFAN_ECHO is the line protocol's; a RESP subscriber gets its own messages, as
+            // from Redis.
+            let skip_own = !echo && framing == Framing::Lines;
             for (message, from) in run {
-                if !echo && *from == slot {
+                if skip_own && *from == slot {
                     continue;
                 }
-                let Some(frame) = message.frame(proto) else {
+                let Some(frame) = message.frame(framing) else {
                     self.stats.line_frames_skipped += 1;
                     continue;
                 };
@@ -148,8 +151,15 @@ impl<D: Driver> Worker<D> {
             .map(|(p, m)| (p.clone(), m.clone()))
             .collect();
         for (pattern, members) in matching {
-            let frame = message.pattern_frame(&pattern);
+            // Built on first use per protocol version, then shared.
+            let mut frames: [Option<Bytes>; 2] = [None, None];
             for slot in members {
+                let Framing::Resp(version) = self.conns[slot].codec.framing() else {
+                    continue; // only RESP connections hold patterns
+                };
+                let frame = frames[version as usize]
+                    .get_or_insert_with(|| message.pattern_frame(version, &pattern))
+                    .clone();
                 self.deliver(slot, &frame, message.count());
             }
         }

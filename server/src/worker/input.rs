@@ -238,6 +238,11 @@ impl<D: Driver> Worker<D> {
                 self.stats.commands += 1;
                 self.stats.messages_in += 1;
                 let n = self.publish(Message::new(kind, channel, Body::Payload(message)), slot);
+                if !self.conns[slot].subs.is_empty() {
+                    // A subscriber publishing (RESP3): Redis writes the message to its
+                    // subscribers, the publisher among them, before the reply.
+                    self.fan_out_batch();
+                }
                 self.queue_reply(slot, encode::integer(n as i64));
             }
             Action::Query(query) => {

@@ -372,8 +372,20 @@ impl Server {
     }
 
     /// The server's sockets (local port == the server port) by TCP state.
+    /// Socket states on every port the server listens on (the line listener, and the
+    /// publish / RESP listeners it printed).
     pub fn states(&self) -> TcpStates {
-        tcp_states(self.port)
+        let mut all = tcp_states(self.port);
+        let extra = self.stdout_lines().into_iter().filter_map(|l| {
+            let (_, addr) = l.trim().split_once(" on 127.0.0.1:")?;
+            addr.parse::<u16>().ok()
+        });
+        for port in extra.filter(|&p| p != self.port) {
+            for (state, n) in tcp_states(port).counts {
+                *all.counts.entry(state).or_insert(0) += n;
+            }
+        }
+        all
     }
 
     pub fn signal(&self, sig: i32) {
