@@ -39,6 +39,14 @@ pub struct Config {
     pub publish_listen: Option<SocketAddr>,
     /// The Redis-protocol listener; None: off.
     pub resp_listen: Option<SocketAddr>,
+    /// The WebSocket listener; None: off.
+    pub ws_listen: Option<SocketAddr>,
+    /// Whether WebSocket clients' messages are published.
+    pub ws_publish: bool,
+    pub ws_handshake_timeout: Duration,
+    /// Zero: no pings.
+    pub ws_ping_interval: Duration,
+    pub ws_pong_timeout: Duration,
     /// The topic line connections publish to and receive.
     pub lines_topic: String,
     pub topic_bytes_max: usize,
@@ -321,6 +329,25 @@ pub const VARS: &[Var] = &[
         kind: Kind::OptionalAddr { set: |c, v| c.resp_listen = v },
         help: "address:port of the Redis-protocol (RESP2) listener: SUBSCRIBE, PSUBSCRIBE, PUBLISH, ... (e.g. 127.0.0.1:6379); unset or empty: off",
         details: "Printed as `ringfan resp on ADDR`. Every Redis client works unchanged; see \"Redis protocol\"." },
+    Var { name: "RINGFAN_WS_LISTEN",
+        kind: Kind::OptionalAddr { set: |c, v| c.ws_listen = v },
+        help: "address:port of the WebSocket listener: a client upgrading on /<topic> subscribes to it (/ is the lines topic); unset or empty: off",
+        details: "Printed as `ringfan websocket on ADDR`; see \"WebSocket\"." },
+    Var { name: "RINGFAN_WS_PUBLISH",
+        kind: Kind::Flag { default: false, set: |c, v| c.ws_publish = v },
+        help: "publish what WebSocket clients send to their topic (0: subscribe only; a data frame is closed with 1008)", details: "" },
+    Var { name: "RINGFAN_WS_HANDSHAKE_TIMEOUT_MS",
+        kind: Kind::Int { default: IntDefault::Is(5000), min: 1, max: MS_MAX, unit: Unit::Millis, zero: None, note: "",
+            set: |c, v| c.ws_handshake_timeout = Duration::from_millis(v) },
+        help: "time a WebSocket client gets to send its whole upgrade request (then 408 and FIN)", details: "" },
+    Var { name: "RINGFAN_WS_PING_INTERVAL_MS",
+        kind: Kind::Int { default: IntDefault::Is(30_000), min: 0, max: MS_MAX, unit: Unit::Millis, zero: Some("off"), note: "",
+            set: |c, v| c.ws_ping_interval = Duration::from_millis(v) },
+        help: "the server pings each WebSocket client this often to learn it is alive (0: off)", details: "" },
+    Var { name: "RINGFAN_WS_PONG_TIMEOUT_MS",
+        kind: Kind::Int { default: IntDefault::Is(10_000), min: 1, max: MS_MAX, unit: Unit::Millis, zero: None, note: "",
+            set: |c, v| c.ws_pong_timeout = Duration::from_millis(v) },
+        help: "a WebSocket client that does not answer a ping within this is reset", details: "" },
     Var { name: "RINGFAN_LINES_TOPIC",
         kind: Kind::Topic { default: "lines", set: |c, v| c.lines_topic = v },
         help: "the channel line connections publish to and receive",
@@ -695,6 +722,11 @@ impl Config {
             notsent_lowat: 0,
             publish_listen: None,
             resp_listen: None,
+            ws_listen: None,
+            ws_publish: false,
+            ws_handshake_timeout: Duration::ZERO,
+            ws_ping_interval: Duration::ZERO,
+            ws_pong_timeout: Duration::ZERO,
             lines_topic: String::new(),
             topic_bytes_max: 0,
             subscriptions_max: 0,
@@ -742,7 +774,8 @@ impl fmt::Display for Config {
              close_timeout_ms={} shutdown_timeout_ms={} read_budget_bytes={} recv_buffers={} \
              recv_buffer_bytes={} ring_entries={} listen_backlog={} slow_consumer={:?} \
              slow_consumer_timeout_ms={} max_connections={} keepalive_secs={} user_timeout_ms={} \
-             notsent_lowat={} publish_listen={} resp_listen={} lines_topic={} topic_bytes_max={} \
+             notsent_lowat={} publish_listen={} resp_listen={} ws_listen={} ws_publish={} \
+             ws_handshake_timeout_ms={} ws_ping_interval_ms={} ws_pong_timeout_ms={} lines_topic={} topic_bytes_max={} \
              subscriptions_max={} patterns_max={} topics_max={} metrics_listen={} driver={:?}",
             self.listen,
             self.threads,
@@ -768,6 +801,11 @@ impl fmt::Display for Config {
                 .map_or("off".to_string(), |a| a.to_string()),
             self.resp_listen
                 .map_or("off".to_string(), |a| a.to_string()),
+            self.ws_listen.map_or("off".to_string(), |a| a.to_string()),
+            self.ws_publish,
+            self.ws_handshake_timeout.as_millis(),
+            self.ws_ping_interval.as_millis(),
+            self.ws_pong_timeout.as_millis(),
             self.lines_topic,
             self.topic_bytes_max,
             self.subscriptions_max,

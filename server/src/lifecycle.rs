@@ -48,8 +48,8 @@ pub enum CloseReason {
     CloseTimeout,
     Shutdown,
     IoError,
-    /// The client sent `QUIT`.
-    ClientQuit,
+    /// The client ended it: `QUIT`, or a WebSocket close handshake.
+    ClientClose,
 }
 
 impl CloseReason {
@@ -61,7 +61,7 @@ impl CloseReason {
         CloseReason::CloseTimeout,
         CloseReason::Shutdown,
         CloseReason::IoError,
-        CloseReason::ClientQuit,
+        CloseReason::ClientClose,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,7 +73,7 @@ impl CloseReason {
             CloseReason::CloseTimeout => "close_timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::IoError => "io_error",
-            CloseReason::ClientQuit => "client_quit",
+            CloseReason::ClientClose => "client_close",
         }
     }
 }

@@ -66,6 +66,9 @@ pub fn serve(cfg: Config) -> Result<ExitCode, Error> {
     if let Some(r) = bound.resp_addr {
         println!("ringfan resp on {r}");
     }
+    if let Some(w) = bound.ws_addr {
+        println!("ringfan websocket on {w}");
+    }
     if let Some(m) = metrics_addr {
         println!("ringfan metrics on http://{m}/metrics");
     }
@@ -136,6 +139,7 @@ struct Bound {
     addr: SocketAddr,
     publish_addr: Option<SocketAddr>,
     resp_addr: Option<SocketAddr>,
+    ws_addr: Option<SocketAddr>,
 }
 
 impl Bound {
@@ -157,23 +161,28 @@ impl Bound {
             .zip(publish)
             .map(|(l, p)| ListenFd::lines(l, p))
             .collect();
-        let mut resp_addr = None;
-        if let Some(raddr) = cfg.resp_listen {
-            let (ls, bound) = bind(raddr, "RINGFAN_RESP_LISTEN")?;
+        let mut extra = |addr: Option<SocketAddr>, var: &str, proto: Proto| {
+            let Some(addr) = addr else {
+                return Ok(None);
+            };
+            let (ls, bound) = bind(addr, var)?;
             for (worker, fd) in listeners.iter_mut().zip(ls) {
                 worker.push(ListenFd {
                     fd,
-                    proto: Proto::Resp,
+                    proto,
                     publishers: true,
                 });
             }
-            resp_addr = Some(bound);
-        }
+            Ok::<_, Error>(Some(bound))
+        };
+        let resp_addr = extra(cfg.resp_listen, "RINGFAN_RESP_LISTEN", Proto::Resp)?;
+        let ws_addr = extra(cfg.ws_listen, "RINGFAN_WS_LISTEN", Proto::WebSocket)?;
         Ok(Bound {
             listeners,
             addr,
             publish_addr,
             resp_addr,
+            ws_addr,
         })
     }
 }

@@ -58,6 +58,10 @@ pub struct Stats {
     pub commands: u64,
     /// Subscribes refused at RINGFAN_TOPICS_MAX.
     pub topics_refused: u64,
+    /// WebSocket upgrades completed, upgrades not completed in time, pongs not back in time.
+    pub ws_upgrades: u64,
+    pub ws_handshake_timeouts: u64,
+    pub ws_pong_timeouts: u64,
     pub unexpected_errors: u64,
     pub driver: DriverStats,
 }
@@ -115,6 +119,9 @@ macro_rules! scalar_counters {
             hub_messages_skipped,
             commands,
             topics_refused,
+            ws_upgrades,
+            ws_handshake_timeouts,
+            ws_pong_timeouts,
             unexpected_errors
         }
     };

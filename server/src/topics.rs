@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ringfan_protocol::resp::{self, Kind, Version};
+use ringfan_protocol::ws::{self, Opcode};
 use ringfan_protocol::{glob, Chunk};
 
 /// What a publisher sent.
@@ -38,9 +39,13 @@ pub struct Message {
     pub kind: Kind,
     pub topic: Bytes,
     pub body: Body,
+    /// Sent by a WebSocket client as a text (true) or binary frame: kept for WebSocket
+    /// subscribers. None: text if valid UTF-8.
+    text: Option<bool>,
     line: OnceLock<Option<Bytes>>,
     resp2: OnceLock<Bytes>,
     resp3: OnceLock<Bytes>,
+    ws: OnceLock<Bytes>,
 }
 
 /// The wire protocol a listener's connections speak.
@@ -48,6 +53,7 @@ pub struct Message {
 pub enum Proto {
     Lines,
     Resp,
+    WebSocket,
 }
 
 /// The frame a connection gets for a message: its protocol, and for RESP the version it
@@ -56,6 +62,7 @@ pub enum Proto {
 pub enum Framing {
     Lines,
     Resp(Version),
+    WebSocket,
 }
 
 impl Message {
@@ -65,10 +72,18 @@ impl Message {
             kind,
             topic,
             body,
+            text: None,
             line: OnceLock::new(),
             resp2: OnceLock::new(),
             resp3: OnceLock::new(),
+            ws: OnceLock::new(),
         }
+    }
+
+    /// Keeps a WebSocket publisher's frame type for WebSocket subscribers.
+    pub fn sent_as_text(mut self, text: bool) -> Self {
+        self.text = Some(text);
+        self
     }
 
     /// Messages this holds (lines in a chunk; 1 for a payload).
@@ -127,6 +142,13 @@ impl Message {
                     concat(self.payloads().map(frame))
                 }))
             }
+            Framing::WebSocket => Some(self.ws.get_or_init(|| match self.text {
+                Some(text) => {
+                    let opcode = if text { Opcode::Text } else { Opcode::Binary };
+                    concat(self.payloads().map(|p| ws::frame(opcode, p)))
+                }
+                None => concat(self.payloads().map(ws::message_frame)),
+            })),
         }
     }
 
@@ -351,6 +373,18 @@ mod tests {
             &s.frame(Framing::Resp(Version::Resp3)).unwrap()[..],
             b">3\r\n$8\r\nsmessage\r\n$1\r\nt\r\n$0\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn websocket_frames_keep_the_publishers_type_else_follow_utf8() {
+        let m = lines(b"hi\n\xff\n");
+        assert_eq!(
+            &m.frame(Framing::WebSocket).unwrap()[..],
+            b"\x81\x02hi\x82\x01\xff"
+        );
+        let bin = Message::new(Kind::Channel, "t".into(), Body::Payload("abc".into()))
+            .sent_as_text(false);
+        assert_eq!(&bin.frame(Framing::WebSocket).unwrap()[..], b"\x82\x03abc");
     }
 
     #[test]

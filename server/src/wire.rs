@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 use ringfan_protocol::resp::{self, Action, Admit, Session, SessionConfig};
+use ringfan_protocol::ws::{self, Phase, WsConfig, WsConn};
 use ringfan_protocol::{Chunk, LineDecoder};
 
 use crate::topics::{Framing, Proto};
@@ -18,15 +19,47 @@ pub enum Input {
     Lines(Chunk),
     /// One action of a RESP command.
     Resp(Action),
+    /// What a WebSocket connection's input asks for.
+    Ws(WsInput),
     /// Malformed input: send this, then close gracefully. Nothing follows it.
     Error(Bytes),
 }
 
-/// One connection's decoder (and, for RESP, its session).
+/// A WebSocket connection's requests of the worker.
+#[derive(Debug)]
+pub enum WsInput {
+    /// Queue these bytes (the handshake's response, control frames): never dropped.
+    Send(Bytes),
+    /// The upgrade succeeded: start delivering this topic.
+    Subscribe(Bytes),
+    /// A client's message for its topic.
+    Publish {
+        topic: Bytes,
+        text: bool,
+        payload: Bytes,
+    },
+    /// A pong arrived.
+    Pong,
+    /// End the write half once everything queued is sent: the close handshake is done, or
+    /// the connection `failed` (refused upgrade, protocol failure: its reply is queued).
+    Shutdown { failed: bool },
+}
+
+/// One connection's decoder (and, for RESP and WebSocket, its protocol state).
 #[derive(Debug)]
 pub enum Codec {
     Lines(LineDecoder),
     Resp(Box<RespCodec>),
+    Ws(Box<WsCodec>),
+}
+
+#[derive(Debug)]
+pub struct WsCodec {
+    pub conn: WsConn,
+    /// The topic of its upgrade path, once upgraded.
+    pub topic: Option<Bytes>,
+    /// A ping is out and its pong not yet back.
+    pub awaiting_pong: bool,
 }
 
 #[derive(Debug)]
@@ -47,10 +80,19 @@ impl Codec {
         }))
     }
 
+    pub fn ws(config: &WsConfig) -> Codec {
+        Codec::Ws(Box::new(WsCodec {
+            conn: WsConn::new(config),
+            topic: None,
+            awaiting_pong: false,
+        }))
+    }
+
     pub fn proto(&self) -> Proto {
         match self {
             Codec::Lines(_) => Proto::Lines,
             Codec::Resp(_) => Proto::Resp,
+            Codec::Ws(_) => Proto::WebSocket,
         }
     }
 
@@ -59,6 +101,7 @@ impl Codec {
         match self {
             Codec::Lines(d) => d.failed(),
             Codec::Resp(r) => r.decoder.spent() || r.session.closed(),
+            Codec::Ws(w) => w.conn.phase() == Phase::Closed,
         }
     }
 
@@ -67,13 +110,21 @@ impl Codec {
         match self {
             Codec::Lines(_) => Framing::Lines,
             Codec::Resp(r) => Framing::Resp(r.session.version()),
+            Codec::Ws(_) => Framing::WebSocket,
         }
     }
 
     pub fn session(&self) -> Option<&Session> {
         match self {
-            Codec::Lines(_) => None,
             Codec::Resp(r) => Some(&r.session),
+            _ => None,
+        }
+    }
+
+    pub fn ws_mut(&mut self) -> Option<&mut WsCodec> {
+        match self {
+            Codec::Ws(w) => Some(w),
+            _ => None,
         }
     }
 
@@ -91,6 +142,41 @@ impl Codec {
                 }
             }
             Codec::Resp(r) => r.decode(input, out, admit),
+            Codec::Ws(w) => {
+                let mut actions = Vec::new();
+                w.conn.on_input(input, &mut actions);
+                w.translate(actions, out);
+            }
+        }
+    }
+}
+
+impl WsCodec {
+    /// Turns the connection's actions into the worker's inputs.
+    pub fn translate(&mut self, actions: Vec<ws::Action>, out: &mut Vec<Input>) {
+        for action in actions {
+            out.push(Input::Ws(match action {
+                ws::Action::Send(bytes) => WsInput::Send(bytes),
+                ws::Action::Subscribe(topic) => {
+                    self.topic = Some(topic.clone());
+                    WsInput::Subscribe(topic)
+                }
+                ws::Action::Publish { text, payload } => WsInput::Publish {
+                    topic: self
+                        .topic
+                        .clone()
+                        .expect("messages flow only once upgraded"),
+                    text,
+                    payload,
+                },
+                ws::Action::Pong(_) => {
+                    self.awaiting_pong = false;
+                    WsInput::Pong
+                }
+                ws::Action::Shutdown => WsInput::Shutdown {
+                    failed: self.conn.failed(),
+                },
+            }));
         }
     }
 }

@@ -78,6 +78,9 @@ pub struct WsConn {
     state: State,
     message_bytes_max: usize,
     publish: bool,
+    /// The connection ended for a fault of the client's (a refused or late upgrade, a
+    /// protocol failure), not by a close handshake.
+    failed: bool,
 }
 
 #[derive(Debug)]
@@ -97,6 +100,7 @@ impl WsConn {
             )),
             message_bytes_max: config.message_bytes_max,
             publish: config.publish,
+            failed: false,
         }
     }
 
@@ -107,6 +111,12 @@ impl WsConn {
             State::Closing(_) => Phase::Closing,
             State::Closed => Phase::Closed,
         }
+    }
+
+    /// True once the connection ended for the client's fault: a refused or late upgrade, or a
+    /// protocol failure (as opposed to a close handshake).
+    pub fn failed(&self) -> bool {
+        self.failed
     }
 
     /// Bytes of input held: an incomplete request, or an incomplete message and control frame.
@@ -135,6 +145,7 @@ impl WsConn {
                 }
                 HandshakeStatus::Refused(r) => {
                     actions.push(Action::Send(r.response));
+                    self.failed = true;
                     self.shut_down(actions);
                 }
             },
@@ -182,6 +193,7 @@ impl WsConn {
     pub fn on_handshake_timeout(&mut self, actions: &mut Vec<Action>) {
         if matches!(self.state, State::Handshake(_)) {
             actions.push(Action::Send(super::Refusal::timeout().response));
+            self.failed = true;
             self.shut_down(actions);
         }
     }
@@ -214,6 +226,7 @@ impl WsConn {
 
     /// Fails the connection (RFC 6455 7.1.7): our close frame unless one was sent, then the FIN.
     fn fail(&mut self, failure: Failure, actions: &mut Vec<Action>) {
+        self.failed = true;
         match self.state {
             State::Open(_) => {
                 actions.push(Action::Send(close_frame(failure.code, &failure.reason)));

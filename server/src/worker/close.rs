@@ -69,11 +69,19 @@ impl<D: Driver> Worker<D> {
                     ..SessionConfig::default()
                 },
             ),
+            Proto::WebSocket => Codec::ws(&self.ws_config),
         };
         entry.insert(Conn::new(fd, self.generations[slot], codec));
-        if proto == Proto::Lines {
-            let topic = self.lines_topic.clone();
-            self.join(slot, Kind::Channel, &[topic]);
+        match proto {
+            Proto::Lines => {
+                let topic = self.lines_topic.clone();
+                self.join(slot, Kind::Channel, &[topic]);
+            }
+            Proto::WebSocket => {
+                let at = self.now + self.cfg.ws_handshake_timeout;
+                self.set_deadline(slot, at);
+            }
+            Proto::Resp => {}
         }
         self.arm_recv(slot);
         slot
@@ -102,9 +110,12 @@ impl<D: Driver> Worker<D> {
         conn.set_reason(reason);
         conn.write = WriteHalf::Draining;
         self.leave_all(slot);
+        self.ws_goodbye(slot, reason);
         self.stats.unsubscribed[reason as usize] += 1;
-        if let Some(deadline) = deadline {
-            self.set_deadline(slot, deadline);
+        match deadline {
+            Some(deadline) => self.set_deadline(slot, deadline),
+            // A WebSocket's ping deadline must not outlive its subscription.
+            None => self.clear_deadline(slot),
         }
         let end = self.discard_pending(slot);
         self.conn_flush_or_shut(slot);
@@ -404,6 +415,8 @@ impl<D: Driver> Worker<D> {
             "the worker clears a deadline before it fires"
         );
         match conn.closing {
+            // Only WebSocket connections have a deadline while subscribed.
+            Closing::No if conn.write == WriteHalf::Subscribed => self.ws_on_deadline(slot),
             Closing::No => {
                 self.stats.close_timeouts += 1;
                 self.conn_abort(slot, CloseReason::CloseTimeout)

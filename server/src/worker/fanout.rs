@@ -35,7 +35,7 @@ impl<D: Driver> Worker<D> {
                     self.queue_reply(slot, reply);
                     self.conn_evict(slot, CloseReason::ProtocolError);
                 }
-                AfterFanOut::Quit => self.conn_evict(slot, CloseReason::ClientQuit),
+                AfterFanOut::End(reason) => self.conn_evict(slot, reason),
                 AfterFanOut::Drop => self.conn_abort(slot, CloseReason::ProtocolError),
             }
         }

@@ -11,7 +11,7 @@ use ringfan_ring::{Completion, Driver};
 
 use super::shutdown::Phase;
 use super::{AfterFanOut, Worker};
-use crate::lifecycle::{Closing, ReadEnd, ReadHalf, WriteHalf};
+use crate::lifecycle::{CloseReason, Closing, ReadEnd, ReadHalf, WriteHalf};
 use crate::topics::{Body, Message, Proto};
 use crate::wire::Input;
 
@@ -219,6 +219,7 @@ impl<D: Driver> Worker<D> {
                     .push((slot, AfterFanOut::ProtocolError(reply)));
             }
             Input::Resp(action) => self.apply_action(slot, action),
+            Input::Ws(input) => self.apply_ws(slot, input),
         }
     }
 
@@ -250,7 +251,9 @@ impl<D: Driver> Worker<D> {
                 let reply = self.query(&query);
                 self.queue_reply(slot, reply);
             }
-            Action::Close => self.after_fan_out.push((slot, AfterFanOut::Quit)),
+            Action::Close => self
+                .after_fan_out
+                .push((slot, AfterFanOut::End(CloseReason::ClientClose))),
             Action::Drop => self.after_fan_out.push((slot, AfterFanOut::Drop)),
         }
     }

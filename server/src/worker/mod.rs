@@ -19,6 +19,7 @@ mod fanout;
 mod input;
 mod membership;
 mod shutdown;
+mod websocket;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::mpsc::Receiver;
@@ -26,13 +27,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ringfan_protocol::ws::WsConfig;
 use ringfan_ring::{Completion, Driver, Op};
 use slab::Slab;
 
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::hub::{Batch, Shared};
-use crate::lifecycle::ReadEnd;
+use crate::lifecycle::{CloseReason, ReadEnd};
 use crate::metrics::{WorkerMetrics, PUBLISH_INTERVAL};
 use crate::stats::{Census, Stats};
 use crate::topics::{Message, TopicIndex};
@@ -42,6 +44,9 @@ pub use accept::ListenFd;
 use accept::{Listener, LISTENER_SLOT};
 use shutdown::Phase;
 
+/// The longest WebSocket upgrade request accepted (request line and headers).
+const WS_HEADER_BYTES_MAX: usize = 8192;
+
 /// Longest the loop sleeps when nothing is due; bounds how late a shutdown flag is noticed if a
 /// wake-up were ever lost.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
@@ -50,8 +55,8 @@ enum AfterFanOut {
     ReadEnd(ReadEnd),
     /// Malformed input: send this reply, then close gracefully.
     ProtocolError(Bytes),
-    /// `QUIT`: close gracefully once its reply is sent.
-    Quit,
+    /// Close gracefully once what is queued is sent (`QUIT`, a WebSocket close handshake).
+    End(CloseReason),
     /// Close at once, without sending what is queued (Redis's guard against HTTP requests).
     Drop,
 }
@@ -73,6 +78,8 @@ pub struct Worker<D: Driver> {
     pub(crate) index: TopicIndex,
     /// The lines topic, shared by every line message.
     lines_topic: Bytes,
+    /// What every WebSocket connection starts from.
+    ws_config: WsConfig,
     /// Connections with undecoded input.
     ready: VecDeque<usize>,
     /// Connections with queued bytes and no send in flight.
@@ -136,6 +143,12 @@ impl<D: Driver> Worker<D> {
             .map(|f| (f.kind, Instant::now() + f.after));
         let lines_topic = Bytes::from(cfg.lines_topic.clone().into_bytes());
         let outgoing = (0..shared.workers).map(|_| Vec::new()).collect();
+        let ws_config = WsConfig {
+            header_bytes_max: WS_HEADER_BYTES_MAX,
+            message_bytes_max: cfg.max_frame_bytes,
+            publish: cfg.ws_publish,
+            lines_topic: lines_topic.clone(),
+        };
         Worker {
             id,
             cfg,
@@ -156,6 +169,7 @@ impl<D: Driver> Worker<D> {
             conns: Slab::new(),
             generations: Vec::new(),
             index: TopicIndex::default(),
+            ws_config,
             lines_topic,
             ready: VecDeque::new(),
             dirty: Vec::new(),
