@@ -140,7 +140,7 @@ the limit, not the server.
 server_cpu_s (with --server-pid) = the server's user+system CPU over the measured window;
 server_cpu_s_per_m = that per million deliveries (delivered); server_user_s(_per_m): user space
 only.
-Payload: `@<publisher>:<seq>:<send_ts_ns>;` + `x` padding + `\n` (S bytes, all protocols).
+Payload: `@<publisher>:<seq>:<send_ts_ns>;` + `x` padding + `\\n` (S bytes, all protocols).
 Exit status: 0 ok, 2 bad usage, 1 run failure (e.g. no connection succeeded).
 ";
 
