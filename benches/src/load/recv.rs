@@ -862,3 +862,62 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use crate::load::wire::FrameWriter;
+
+    /// The receive path's cost per marker (scanner, accounting, both histograms), one channel:
+    /// `cargo test --release -p ringfan-benches --bin ringfan-load -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn accounting_throughput() {
+        let topics = Topics::single(1);
+        let shared = Shared::new(1);
+        shared.first_measured[0].store(1, Relaxed);
+        let w = FrameWriter::new(Proto::Ringfan, "c", topics, 64);
+        let rounds = 20_000u64;
+        let mut data = Vec::new();
+        let mut r = Receiving::new(Proto::Ringfan, topics, &shared);
+        r.acc.measure_start = 0;
+        r.acc.run_start = 0;
+        r.acc.measure_end = u64::MAX;
+        r.acc.now = 123_456_789_999_999;
+        let mut conn = Conn {
+            fd: -1,
+            order: 0,
+            first_channel: 0,
+            awaiting: 1,
+            hist: None,
+            ready: true,
+            alive: true,
+            hs: Vec::new(),
+            scanner: Scanner::default(),
+        };
+        let mut last = vec![0u64; r.streams];
+        let mut el = std::time::Duration::ZERO;
+        for round in 0..rounds {
+            data.clear();
+            for s in 1..=256u64 {
+                w.push(&mut data, 0, 0, round * 256 + s, 123_456_789_012_345);
+            }
+            let st = Streams {
+                topics: &topics,
+                first_measured: &shared.first_measured,
+                first_channel: 0,
+            };
+            let t = std::time::Instant::now();
+            on_data(
+                &mut conn, &data, r.proto, &mut r.acc, &mut last, st, &shared,
+            );
+            el += t.elapsed();
+        }
+        assert_eq!(r.acc.msgs, rounds * 256);
+        assert_eq!(r.acc.lost + r.acc.reordered, 0);
+        eprintln!(
+            "{:.1} ns/marker",
+            el.as_nanos() as f64 / (rounds * 256) as f64
+        );
+    }
+}
