@@ -4,6 +4,8 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use super::topics::{Topics, PATTERNS_MAX, TOPICS_MAX};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Proto {
     Ringfan,
@@ -66,6 +68,24 @@ pub struct Config {
     pub server_pid: Option<u32>,
     pub slow: usize,
     pub slow_bytes_per_sec: u64,
+    /// K: channels (`--topics`).
+    pub topics: u32,
+    /// T: channels per subscriber (`--topic-subs`).
+    pub topic_subs: u32,
+    /// P: pattern subscriptions over all subscribers (`--patterns`).
+    pub patterns: u32,
+}
+
+impl Config {
+    /// The run's channels, patterns and who subscribes to which (see `topics.rs`).
+    pub fn topics(&self) -> Topics {
+        Topics {
+            channels: self.topics,
+            per_sub: self.topic_subs,
+            patterns: self.patterns,
+            subscribers: self.subscribers as u32,
+        }
+    }
 }
 
 pub const MIN_SIZE: usize = 40;
@@ -84,6 +104,20 @@ General:
   --json PATH                  also write a JSON summary to PATH; `-` = stdout (the key=value
                                line then goes to stderr, so stdout holds exactly one JSON line)
   --channel NAME               redis channel / NATS subject (default ringfan)
+  --topics K                   redis, nats: K channels `<channel>.<j>`, j = 0..K-1 (default 1:
+                               just `<channel>`, as without this flag); each publisher sends
+                               its messages round-robin over them, one channel after the next.
+                               Refused with ringfan: its line protocol has no channels
+  --topic-subs T               redis, nats: channels each subscriber takes, 1..=K (default 1):
+                               subscriber i subscribes to channels (i*T + t) mod K for
+                               t = 0..T-1, in one SUBSCRIBE, so each channel has N*T/K
+                               subscribers and each message is delivered N*T/K times
+  --patterns P                 redis: P pattern subscriptions `<channel>.nomatch.<q>.*`,
+                               q = 0..P-1, spread round-robin over the subscribers (PSUBSCRIBE).
+                               They match no channel: they cost the server a pattern match per
+                               published message and add no delivery (default 0). Refused with
+                               nats (its wildcards match subject tokens, not the same work) and
+                               ringfan
   --server-pid PID             a server on this machine: also report its CPU time over the
                                measured window (fanout, slow), its RSS (fanout, slow, idle), its
                                open fds before and after (storm)
@@ -128,10 +162,14 @@ delivered / delivered_msgs_per_s = messages received by all subscribers between 
 warm-up and the end of the measured window, whenever they were sent (the steady-state receive
 rate; a backlog built during the warm-up counts, one delivered after the window does not).
 measured_delivered = messages sent in the measured window and received by the end of the drain.
+expected = the deliveries those messages owe: for each connected subscriber, the messages sent
+in the measured window on its channels (published x subscribers with one channel; published x
+N*T/K with --topics when every channel has N*T/K subscribers).
 Latency = receive time - send time (CLOCK_MONOTONIC), for messages sent in the measured window.
 lost = messages sent in the measured window that a subscriber never received by the end of the
 drain (gaps, plus what was still missing; disconnected subscribers included);
-reordered = messages whose seq was not above the last one seen from that publisher.
+reordered = messages whose seq was not above the last one seen from that publisher (on that
+channel). misrouted = messages a subscriber received on a channel it did not subscribe to.
 stale = markers stamped before this run's publishers started (a reused server still delivering
 what an earlier run's publishers sent); ignored otherwise.
 load_cpu_s / load_cores_busy = this generator's own CPU over the measured window, and that
@@ -140,7 +178,8 @@ the limit, not the server.
 server_cpu_s (with --server-pid) = the server's user+system CPU over the measured window;
 server_cpu_s_per_m = that per million deliveries (delivered); server_user_s(_per_m): user space
 only.
-Payload: `@<publisher>:<seq>:<send_ts_ns>;` + `x` padding + `\n` (S bytes, all protocols).
+Payload: `@<publisher>:<seq>:<send_ts_ns>;` + `x` padding + `\\n` (S bytes, all protocols);
+with --topics K, <publisher> is publisher * K + channel and <seq> counts per channel.
 Exit status: 0 ok, 2 bad usage, 1 run failure (e.g. no connection succeeded).
 ";
 
@@ -180,7 +219,7 @@ fn secs(flag: &str, v: &str, min: f64, accepted: &str) -> Duration {
 }
 
 /// Every flag `parse` accepts (each takes a value); anything else is refused by name.
-const FLAGS: [&str; 21] = [
+const FLAGS: [&str; 24] = [
     "--proto",
     "--addr",
     "--subscribers",
@@ -202,6 +241,9 @@ const FLAGS: [&str; 21] = [
     "--server-pid",
     "--slow",
     "--slow-bytes-per-sec",
+    "--topics",
+    "--topic-subs",
+    "--patterns",
 ];
 
 pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
@@ -210,11 +252,17 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
     while let Some(arg) = it.next() {
         let (flag, v) = flag_and_value(arg, &mut it);
         let f = flag.as_str();
-        if !(apply_load_flag(&mut c, f, &v) || apply_scenario_flag(&mut c, f, &v)) {
+        if !(apply_load_flag(&mut c, f, &v)
+            || apply_scenario_flag(&mut c, f, &v)
+            || apply_topic_flag(&mut c, f, &v))
+        {
             unreachable!("{f} is in FLAGS but has no arm");
         }
     }
     check_slow(&mut c);
+    if let Err((flag, value, accepted)) = check_topics(&c) {
+        bad(flag, &value, &accepted);
+    }
     c
 }
 
@@ -242,6 +290,9 @@ fn defaults() -> Config {
         server_pid: None,
         slow: 1,
         slow_bytes_per_sec: 0,
+        topics: 1,
+        topic_subs: 1,
+        patterns: 0,
     }
 }
 
@@ -413,5 +464,134 @@ fn check_slow(c: &mut Config) {
     } else {
         // --slow only means something in the slow scenario.
         c.slow = 0;
+    }
+}
+
+/// The flags that spread the load over channels and patterns. False if `f` is not one of them.
+fn apply_topic_flag(c: &mut Config, f: &str, v: &str) -> bool {
+    match f {
+        "--topics" => c.topics = int(f, v, 1u32, TOPICS_MAX, "an integer from 1 to 1000000"),
+        "--topic-subs" => {
+            c.topic_subs = int(f, v, 1u32, TOPICS_MAX, "an integer from 1 to --topics (K)")
+        }
+        "--patterns" => c.patterns = int(f, v, 0u32, PATTERNS_MAX, "an integer from 0 to 1000000"),
+        _ => return false,
+    }
+    true
+}
+
+/// Bytes above which the receivers' loss tracking (one u64 per subscriber, channel of it and
+/// publisher) is refused rather than attempted.
+const TRACKING_BYTES_MAX: u64 = 4 << 30;
+
+/// Topics against the protocol and each other, once every flag is known. Err: (flag, value,
+/// what is accepted).
+fn check_topics(c: &Config) -> Result<(), (&'static str, String, String)> {
+    if c.topic_subs > c.topics {
+        return Err((
+            "--topic-subs",
+            c.topic_subs.to_string(),
+            format!("1 to --topics ({})", c.topics),
+        ));
+    }
+    if c.proto == Proto::Ringfan && c.topics > 1 {
+        return Err((
+            "--topics",
+            c.topics.to_string(),
+            "1 with --proto ringfan: its line protocol has no channels (every subscriber gets \
+             every line); use --proto redis against ringfan's RINGFAN_RESP_LISTEN"
+                .into(),
+        ));
+    }
+    if c.patterns > 0 && c.proto != Proto::Redis {
+        let why = match c.proto {
+            Proto::Nats => {
+                "NATS wildcards (*, >) match whole subject tokens, not Redis glob patterns, so \
+                 the figures would not measure the same work"
+            }
+            _ => "its line protocol has no patterns",
+        };
+        return Err((
+            "--patterns",
+            c.patterns.to_string(),
+            format!("0 with --proto {}: {why}", c.proto.name()),
+        ));
+    }
+    let tracking = c.subscribers as u64 * c.topic_subs as u64 * c.publishers as u64 * 8;
+    if c.scenario != Scenario::Storm && tracking > TRACKING_BYTES_MAX {
+        return Err((
+            "--topic-subs",
+            c.topic_subs.to_string(),
+            format!(
+                "a value with --subscribers x --topic-subs x --publishers x 8 bytes of loss \
+                 tracking at most 4 GiB (this run: {} MiB)",
+                tracking >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &str) -> Vec<String> {
+        a.split_whitespace().map(String::from).collect()
+    }
+
+    fn config(a: &str) -> Config {
+        let mut c = defaults();
+        let mut it = args(a).into_iter();
+        while let Some(arg) = it.next() {
+            let (flag, v) = flag_and_value(arg, &mut it);
+            let f = flag.as_str();
+            assert!(
+                apply_load_flag(&mut c, f, &v)
+                    || apply_scenario_flag(&mut c, f, &v)
+                    || apply_topic_flag(&mut c, f, &v)
+            );
+        }
+        c
+    }
+
+    #[test]
+    fn topics_default_to_one_plain_channel() {
+        let c = config("--proto redis");
+        assert_eq!(c.topics(), Topics::single(100));
+        assert!(check_topics(&c).is_ok());
+    }
+
+    #[test]
+    fn topics_are_checked_against_each_other_and_the_protocol() {
+        let c = config("--proto redis --subscribers 1000 --topics 10000 --topic-subs 100");
+        assert!(check_topics(&c).is_ok());
+        let c = config("--proto redis --subscribers 20 --topics 10 --topic-subs 3 --patterns 4");
+        assert!(check_topics(&c).is_ok());
+        let c = config("--proto nats --topics 10 --topic-subs 3");
+        assert!(check_topics(&c).is_ok());
+
+        let refused = |a: &str, flag: &str, says: &str| {
+            let (f, _, accepted) = check_topics(&config(a)).expect_err(a);
+            assert_eq!(f, flag, "{a}");
+            assert!(accepted.contains(says), "{a}: {accepted}");
+        };
+        refused(
+            "--proto redis --topics 4 --topic-subs 5",
+            "--topic-subs",
+            "--topics (4)",
+        );
+        refused("--topics 2", "--topics", "no channels");
+        refused("--proto ringfan --patterns 1", "--patterns", "no patterns");
+        refused(
+            "--proto nats --topics 4 --patterns 2",
+            "--patterns",
+            "NATS wildcards",
+        );
+        refused(
+            "--proto redis --subscribers 100000 --topics 1000 --topic-subs 1000 --publishers 10",
+            "--topic-subs",
+            "4 GiB",
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::cli::{Config, Proto, Scenario};
 use super::publish::{self, PubCounters, Timing};
-use super::recv::{self, new_histogram, Receiver, Shared};
+use super::recv::{self, new_histogram, Handed, Receiver, Shared};
 use super::report::Report;
 use super::sys::{
     available_cores, connect, cpu_between, now_ns, proc_cpu, proc_cpu_secs, secs_ns, set_rcvbuf,
@@ -22,14 +22,15 @@ use hdrhistogram::Histogram;
 
 const SEC: u64 = 1_000_000_000;
 
-/// Connects `n` sockets at `rate` per second, sending `hello` on each; progress on stderr.
-/// Stops early (returning what it has) when the first 100 attempts all failed.
+/// Connects `n` sockets at `rate` per second, sending `hello(i)` on the i-th attempt's socket
+/// and handing it to `each(i, socket)`; progress on stderr. Stops early (returning what it
+/// has) when the first 100 attempts all failed.
 fn connect_paced(
     cfg: &Config,
     n: usize,
     label: &str,
-    hello: &[u8],
-    mut each: impl FnMut(TcpStream),
+    hello: impl Fn(usize) -> Vec<u8>,
+    mut each: impl FnMut(usize, TcpStream),
 ) -> (usize, usize) {
     let (mut ok, mut failed) = (0usize, 0usize);
     let t0 = now_ns();
@@ -41,15 +42,16 @@ fn connect_paced(
             if cfg.rcvbuf > 0 {
                 set_rcvbuf(&s, cfg.rcvbuf)?;
             }
+            let hello = hello(i);
             if !hello.is_empty() {
-                s.write_all(hello)?;
+                s.write_all(&hello)?;
             }
             Ok(s)
         });
         match res {
             Ok(s) => {
                 ok += 1;
-                each(s);
+                each(i, s);
             }
             Err(e) => {
                 if first_error {
@@ -364,14 +366,17 @@ impl Subscribers {
         shared: &Arc<Shared>,
         run_bound: u64,
     ) -> Option<Subscribers> {
-        let hello = subscribe_command(cfg.proto, &cfg.channel);
+        // Subscriber i of the run (slow ones first) takes its channels and patterns by i.
+        let topics = cfg.topics();
+        let hello = |i: usize| subscribe_command(cfg.proto, &cfg.channel, &topics, i as u32);
         // Receivers first: they arm a receive as soon as a socket is handed over.
         let receivers = spawn_receivers(cfg, n_fast, shared)?;
 
         let mut slow_streams = Vec::new();
-        let (slow_ok, slow_failed) = connect_paced(cfg, n_slow, "slow subscribers", &hello, |s| {
-            slow_streams.push(s)
-        });
+        let (slow_ok, slow_failed) =
+            connect_paced(cfg, n_slow, "slow subscribers", hello, |_, s| {
+                slow_streams.push(s)
+            });
         let slow_stop = Arc::new(AtomicBool::new(false));
         let slow_join = (slow_ok > 0).then(|| {
             let (stop, bps) = (slow_stop.clone(), cfg.slow_bytes_per_sec);
@@ -381,10 +386,16 @@ impl Subscribers {
         });
 
         let mut next = 0usize;
-        let (fast_ok, fast_failed) = connect_paced(cfg, n_fast, "subscribers", &hello, |s| {
-            receivers[next % receivers.len()].add(s.into_raw_fd(), next as u32);
-            next += 1;
-        });
+        let fast_hello = |i: usize| hello(n_slow + i);
+        let (fast_ok, fast_failed) =
+            connect_paced(cfg, n_fast, "subscribers", fast_hello, |i, s| {
+                receivers[next % receivers.len()].add(Handed {
+                    fd: s.into_raw_fd(),
+                    order: next as u32,
+                    index: (n_slow + i) as u32,
+                });
+                next += 1;
+            });
         if fast_ok + slow_ok == 0 {
             eprintln!("ringfan-load: no subscriber could connect to {}", cfg.addr);
             shared.stop.store(true, Relaxed);
@@ -421,7 +432,7 @@ fn spawn_receivers(cfg: &Config, n_fast: usize, shared: &Arc<Shared>) -> Option<
             match recv::spawn(
                 i,
                 cfg.proto,
-                cfg.publishers,
+                cfg.topics(),
                 n_fast.div_ceil(k),
                 shared.clone(),
             ) {
@@ -596,10 +607,12 @@ struct Totals {
     window_msgs: u64,
     stale: u64,
     msgs: u64,
+    expected: u64,
     lost_gaps: u64,
     lost_tail: u64,
     reordered: u64,
     malformed: u64,
+    misrouted: u64,
     eof: u64,
     resets: u64,
     never_ready: u64,
@@ -617,10 +630,12 @@ impl Totals {
             window_msgs: 0,
             stale: 0,
             msgs: 0,
+            expected: 0,
             lost_gaps: 0,
             lost_tail: 0,
             reordered: 0,
             malformed: 0,
+            misrouted: 0,
             eof: 0,
             resets: 0,
             never_ready: 0,
@@ -636,11 +651,13 @@ impl Totals {
             }
             let _ = t.hist.add(&r.hist);
             t.msgs += r.msgs;
+            t.expected += r.expected;
             t.window_msgs += r.window_msgs;
             t.lost_gaps += r.lost_gaps;
             t.lost_tail += r.lost_tail;
             t.reordered += r.reordered;
             t.malformed += r.malformed;
+            t.misrouted += r.misrouted;
             t.stale += r.stale;
             t.eof += r.eof;
             t.resets += r.resets;
@@ -658,7 +675,10 @@ fn put_setup(rep: &mut Report, cfg: &Config) {
         .put("proto", cfg.proto.name())
         .put("subs", cfg.subscribers as u64)
         .put("pubs", cfg.publishers as u64)
-        .put("size", cfg.size as u64);
+        .put("size", cfg.size as u64)
+        .put("topics", cfg.topics as u64)
+        .put("topic_subs", cfg.topic_subs as u64)
+        .put("patterns", cfg.patterns as u64);
     if cfg.rate > 0.0 && cfg.rate.fract() == 0.0 {
         rep.put("rate", cfg.rate as u64);
     } else if cfg.rate > 0.0 {
@@ -759,6 +779,7 @@ fn put_counts(rep: &mut Report, cfg: &Config, t: &Totals, counters: &PubCounters
     rep.put("lost", t.lost_gaps + t.lost_tail)
         .put("reordered", t.reordered)
         .put("malformed", t.malformed)
+        .put("misrouted", t.misrouted)
         .put("stale", t.stale)
         .put("disconnected", t.eof + t.resets)
         .put("conn_failed", ends.conn_failed as u64)
@@ -771,7 +792,7 @@ fn put_counts(rep: &mut Report, cfg: &Config, t: &Totals, counters: &PubCounters
         )
         .put("delivered", t.window_msgs)
         .put("measured_delivered", t.msgs)
-        .put("expected", published * ends.fast_ok as u64)
+        .put("expected", t.expected)
         .put("lost_in_flight", t.lost_gaps)
         .put("lost_at_end", t.lost_tail)
         .put("fast_subs_connected", ends.fast_ok as u64)
@@ -958,7 +979,9 @@ fn wait_ready(cfg: &Config, shared: &Shared, connected: usize) -> usize {
         return 0;
     }
     let t0 = now_ns();
-    let deadline = t0 + (5 + connected as u64 / 1000).min(60) * SEC;
+    // Thousands of channels per subscriber take the server a while to confirm, too.
+    let subscriptions = connected as u64 * cfg.topic_subs as u64 + cfg.patterns as u64;
+    let deadline = t0 + (5 + connected as u64 / 1000 + subscriptions / 100_000).min(60) * SEC;
     let mut sync = if cfg.proto == Proto::Ringfan {
         connect(&cfg.addr, Duration::from_secs(3)).ok()
     } else {

@@ -3,13 +3,15 @@
 //! Layout: `cli` (flags), `wire` (payloads, protocol framing, handshakes, the marker scanner),
 //! `recv` (io_uring receiver threads for subscribers), `publish` (publisher threads),
 //! `fanout` (the fanout, slow and idle scenarios), `storm` (connect/close churn), `report`
-//! (summary line and JSON), `sys` (clock, fd limit, socket options, /proc readers).
+//! (summary line and JSON), `sys` (clock, fd limit, socket options, /proc readers), `topics`
+//! (channel names, which subscriber takes which channels and patterns, per-channel sequences).
 //!
 //! How a run measures:
 //! - Every payload carries `@<publisher>:<seq>:<send_ts_ns>;` (CLOCK_MONOTONIC). A message is
 //!   *measured* when its send timestamp falls in the measured window (after the warm-up);
 //!   latency, `measured_delivered`, `published`, `lost` and `reordered` refer to measured
-//!   messages only.
+//!   messages only. With `--topics K` the marker's publisher field is `publisher * K + channel`
+//!   and its seq counts that publisher's messages on that channel (see `topics.rs`).
 //! - Throughput (`delivered`, `delivered_msgs_per_s`) is the steady-state receive rate: every
 //!   message the subscribers received between the start and the end of the measured window,
 //!   whenever it was sent. A server that builds a backlog at max rate is credited with what it
@@ -17,12 +19,14 @@
 //! - With `--server-pid`, the server's CPU (utime + stime from /proc/PID/stat) is sampled at
 //!   the start and the end of the measured window, so `server_cpu_s_per_m` covers the same
 //!   span as `delivered`.
-//! - `lost` = gaps in each (subscriber, publisher) seq stream inside the measured window, plus,
-//!   after the drain, every measured message a subscriber never got (`lost_at_end`), including
-//!   those of subscribers the server disconnected.
-//! - Before publishing, every subscription is confirmed: redis by its `subscribe` reply, NATS
-//!   by the `PONG` to a `PING` sent after `SUB`, ringfan by receiving one of the sync lines
-//!   (no `@` in them) the loader broadcasts through a helper connection.
+//! - `lost` = gaps in each (subscriber, publisher, channel) seq stream inside the measured
+//!   window, plus, after the drain, every measured message a subscriber never got on its
+//!   channels (`lost_at_end`), including those of subscribers the server disconnected.
+//!   `expected` = the deliveries owed: per subscriber, the measured messages on its channels.
+//! - Before publishing, every subscription is confirmed: redis by one `subscribe` or
+//!   `psubscribe` reply per channel and pattern, NATS by the `PONG` to a `PING` sent after the
+//!   `SUB`s, ringfan by receiving one of the sync lines (no `@` in them) the loader broadcasts
+//!   through a helper connection.
 //!
 //! Known limits:
 //! - Subscribers on the ring answer NATS `PING`s, but a `PING` split across two receive buffers
@@ -43,4 +47,5 @@ pub mod recv;
 pub mod report;
 pub mod storm;
 pub mod sys;
+pub mod topics;
 pub mod wire;

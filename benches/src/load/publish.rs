@@ -14,6 +14,7 @@ use memchr::memmem;
 use super::cli::{Config, Proto};
 use super::recv::Shared;
 use super::sys::{connect, now_ns, sleep_until};
+use super::topics::Topics;
 use super::wire::{publisher_hello, FrameWriter};
 
 const TICK_NS: u64 = 1_000_000;
@@ -96,7 +97,8 @@ pub fn start(
                 }
             }
         })?;
-    let fw = FrameWriter::new(cfg.proto, &cfg.channel, cfg.size);
+    let topics = cfg.topics();
+    let fw = FrameWriter::new(cfg.proto, &cfg.channel, topics, cfg.size);
     let rate = cfg.rate / cfg.publishers as f64;
     let (start, ms, me) = (timing.start, timing.measure_start, timing.measure_end);
     let writer = std::thread::Builder::new()
@@ -106,11 +108,13 @@ pub fn start(
                 id,
                 stream,
                 fw,
+                topics,
                 shared,
                 counters,
                 pong_due,
                 seq: 0,
                 buf: Vec::new(),
+                ends: Vec::new(),
                 measure_start: ms,
                 measure_end: me,
                 last_error: None,
@@ -143,12 +147,16 @@ struct Writer {
     id: u32,
     stream: TcpStream,
     fw: FrameWriter,
+    topics: Topics,
     shared: Arc<Shared>,
     counters: Arc<PubCounters>,
     pong_due: Arc<AtomicU32>,
-    /// Last seq assigned.
+    /// Last running number assigned (each message's channel and per-channel seq follow from
+    /// it, see `Topics::route`).
     seq: u64,
     buf: Vec<u8>,
+    /// Where each frame of `buf` ends (frames differ in length with the channel's name).
+    ends: Vec<usize>,
     measure_start: u64,
     measure_end: u64,
     last_error: Option<io::Error>,
@@ -158,11 +166,11 @@ impl Writer {
     /// Builds a batch of `n` frames stamped now, writes it; returns false when time is up.
     fn batch(&mut self, n: usize) -> io::Result<bool> {
         self.buf.clear();
+        self.ends.clear();
         let pongs = self.pong_due.swap(0, Relaxed);
         for _ in 0..pongs {
             self.buf.extend_from_slice(b"PONG\r\n");
         }
-        let head = self.buf.len();
         let ts = now_ns();
         if ts >= self.measure_end {
             return Ok(false);
@@ -170,17 +178,19 @@ impl Writer {
         let measured = ts >= self.measure_start;
         let first = self.seq + 1;
         for i in 0..n as u64 {
-            if !self.fw.push(&mut self.buf, self.id, first + i, ts) {
+            let (j, seq) = self.topics.route(self.id, first + i);
+            let stream = self.topics.stream(self.id, j);
+            if !self.fw.push(&mut self.buf, j, stream, seq, ts) {
                 return Err(io::Error::other("message size too small for the marker"));
             }
+            self.ends.push(self.buf.len());
         }
         if n > 0 && measured && self.shared.first_measured[self.id as usize].load(Relaxed) == 0 {
             self.shared.first_measured[self.id as usize].store(first, Relaxed);
         }
         self.seq += n as u64;
         let written = self.write_until_deadline();
-        let done = (written.saturating_sub(head) / self.fw.frame_len()) as u64;
-        let done = done.min(n as u64);
+        let done = self.ends.partition_point(|&end| end <= written) as u64;
         if done > 0 {
             self.shared.last_sent[self.id as usize].store(first + done - 1, Relaxed);
             self.counters.sent.fetch_add(done, Relaxed);
@@ -232,7 +242,7 @@ impl Writer {
     fn flat_out(&mut self) -> io::Result<()> {
         self.stream
             .set_write_timeout(Some(Duration::from_millis(100)))?;
-        let n = (MAX_RATE_BATCH_BYTES / self.fw.frame_len()).max(1);
+        let n = (MAX_RATE_BATCH_BYTES / self.fw.frame_len_max()).max(1);
         // Bounded: every batch checks the clock against the end of the measured window.
         while self.batch(n)? {}
         Ok(())
@@ -241,7 +251,7 @@ impl Writer {
     fn paced(&mut self, rate: f64, start: u64) -> io::Result<()> {
         self.stream
             .set_write_timeout(Some(Duration::from_millis(100)))?;
-        let cap = (PACED_BATCH_MAX_BYTES / self.fw.frame_len()).max(1) as u64;
+        let cap = (PACED_BATCH_MAX_BYTES / self.fw.frame_len_max()).max(1) as u64;
         let mut next_tick = start;
         let mut generated = 0u64;
         // Bounded: ends at the end of the measured window (checked in every turn).

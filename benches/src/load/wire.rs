@@ -8,71 +8,100 @@
 use memchr::memmem;
 
 use super::cli::Proto;
+use super::topics::{fmt_u64, Topics};
 
-/// Writes `v` in decimal into `out`, returns the bytes used.
-#[inline]
-fn fmt_u64(mut v: u64, out: &mut [u8; 20]) -> &[u8] {
-    let mut i = 20;
-    loop {
-        i -= 1;
-        out[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &out[i..]
-}
-
-/// Builds publisher frames: protocol prefix + payload of exactly `size` bytes + suffix.
+/// Builds publisher frames: protocol prefix (naming the channel) + payload of exactly `size`
+/// bytes + suffix.
 pub struct FrameWriter {
-    prefix: Vec<u8>,
+    proto: Proto,
+    channel: String,
+    topics: Topics,
     suffix: &'static [u8],
     size: usize,
+    /// `size` in decimal, as the prefix states it.
+    size_text: Vec<u8>,
     padding: Vec<u8>,
 }
 
 impl FrameWriter {
-    pub fn new(proto: Proto, channel: &str, size: usize) -> Self {
-        let (prefix, suffix): (Vec<u8>, &'static [u8]) = match proto {
-            Proto::Ringfan => (Vec::new(), b""),
-            Proto::Redis => (
-                format!(
-                    "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{}\r\n${}\r\n",
-                    channel.len(),
-                    channel,
-                    size
-                )
-                .into_bytes(),
-                b"\r\n",
-            ),
-            Proto::Nats => (format!("PUB {channel} {size}\r\n").into_bytes(), b"\r\n"),
+    pub fn new(proto: Proto, channel: &str, topics: Topics, size: usize) -> Self {
+        let suffix: &'static [u8] = match proto {
+            Proto::Ringfan => b"",
+            Proto::Redis | Proto::Nats => b"\r\n",
         };
         FrameWriter {
-            prefix,
+            proto,
+            channel: channel.to_string(),
+            topics,
             suffix,
             size,
+            size_text: size.to_string().into_bytes(),
             padding: vec![b'x'; size],
         }
     }
 
-    /// Bytes of one frame on the wire (constant for a run).
-    pub fn frame_len(&self) -> usize {
-        self.prefix.len() + self.size + self.suffix.len()
+    /// Appends the protocol's prefix for a message on channel `j`.
+    #[inline]
+    fn prefix(&self, j: u32, out: &mut Vec<u8>) {
+        match self.proto {
+            Proto::Ringfan => {}
+            Proto::Redis => {
+                let mut d = [0u8; 20];
+                let name_len = self.name_len(j);
+                out.extend_from_slice(b"*3\r\n$7\r\nPUBLISH\r\n$");
+                out.extend_from_slice(fmt_u64(name_len as u64, &mut d));
+                out.extend_from_slice(b"\r\n");
+                self.topics.write_name(&self.channel, j, out);
+                out.extend_from_slice(b"\r\n$");
+                out.extend_from_slice(&self.size_text);
+                out.extend_from_slice(b"\r\n");
+            }
+            Proto::Nats => {
+                out.extend_from_slice(b"PUB ");
+                self.topics.write_name(&self.channel, j, out);
+                out.push(b' ');
+                out.extend_from_slice(&self.size_text);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
 
-    /// Appends one frame; `false` (nothing appended) if the marker does not fit in `size`.
+    fn name_len(&self, j: u32) -> usize {
+        let mut d = [0u8; 20];
+        let digits = fmt_u64(j as u64, &mut d).len();
+        self.channel.len()
+            + if self.topics.channels > 1 {
+                1 + digits
+            } else {
+                0
+            }
+    }
+
+    /// Bytes of one frame on channel `j` on the wire.
+    pub fn frame_len(&self, j: u32) -> usize {
+        let mut prefix = Vec::new();
+        self.prefix(j, &mut prefix);
+        prefix.len() + self.size + self.suffix.len()
+    }
+
+    /// Bytes of the longest frame of the run (the last channel has the longest name).
+    pub fn frame_len_max(&self) -> usize {
+        self.frame_len(self.topics.channels - 1)
+    }
+
+    /// Appends one frame on channel `j`, its marker `@<stream>:<seq>:<ts>;`; `false` (nothing
+    /// appended) if the marker does not fit in `size`.
     #[inline]
-    pub fn push(&self, out: &mut Vec<u8>, publisher: u32, seq: u64, ts: u64) -> bool {
+    pub fn push(&self, out: &mut Vec<u8>, j: u32, stream: u32, seq: u64, ts: u64) -> bool {
         let (mut a, mut b, mut c) = ([0u8; 20], [0u8; 20], [0u8; 20]);
-        let p = fmt_u64(publisher as u64, &mut a);
+        let p = fmt_u64(stream as u64, &mut a);
         let s = fmt_u64(seq, &mut b);
         let t = fmt_u64(ts, &mut c);
         let marker = 1 + p.len() + 1 + s.len() + 1 + t.len() + 1;
         if marker + 1 > self.size {
             return false;
         }
-        out.extend_from_slice(&self.prefix);
+        self.prefix(j, out);
         out.push(b'@');
         out.extend_from_slice(p);
         out.push(b':');
@@ -87,21 +116,48 @@ impl FrameWriter {
     }
 }
 
-/// Bytes a subscriber sends right after connecting.
-pub fn subscribe_command(proto: Proto, channel: &str) -> Vec<u8> {
-    match proto {
-        Proto::Ringfan => Vec::new(),
-        Proto::Redis => format!(
-            "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{}\r\n",
-            channel.len(),
-            channel
-        )
-        .into_bytes(),
-        Proto::Nats => format!(
-            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {channel} 1\r\nPING\r\n"
-        )
-        .into_bytes(),
+/// Appends one RESP command: `*<n>\r\n`, then `$<len>\r\n<item>\r\n` for `name` and each
+/// argument.
+fn resp_command(out: &mut Vec<u8>, name: &[u8], args: &[Vec<u8>]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len() + 1).as_bytes());
+    for it in std::iter::once(name).chain(args.iter().map(|a| a.as_slice())) {
+        out.extend_from_slice(format!("${}\r\n", it.len()).as_bytes());
+        out.extend_from_slice(it);
+        out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Bytes subscriber `i` sends right after connecting: its T channels in one SUBSCRIBE (NATS:
+/// one SUB each, then a PING), then its patterns in one PSUBSCRIBE (redis only).
+pub fn subscribe_command(proto: Proto, channel: &str, topics: &Topics, i: u32) -> Vec<u8> {
+    let names: Vec<Vec<u8>> = topics
+        .channels_of(i)
+        .map(|j| topics.name(channel, j))
+        .collect();
+    let mut out = Vec::new();
+    match proto {
+        Proto::Ringfan => {}
+        Proto::Redis => {
+            resp_command(&mut out, b"SUBSCRIBE", &names);
+            let patterns: Vec<Vec<u8>> = topics
+                .patterns_of(i)
+                .map(|q| Topics::pattern(channel, q))
+                .collect();
+            if !patterns.is_empty() {
+                resp_command(&mut out, b"PSUBSCRIBE", &patterns);
+            }
+        }
+        Proto::Nats => {
+            out.extend_from_slice(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n");
+            for (sid, name) in names.iter().enumerate() {
+                out.extend_from_slice(b"SUB ");
+                out.extend_from_slice(name);
+                out.extend_from_slice(format!(" {}\r\n", sid + 1).as_bytes());
+            }
+            out.extend_from_slice(b"PING\r\n");
+        }
+    }
+    out
 }
 
 /// Bytes a publisher sends right after connecting.
@@ -115,59 +171,128 @@ pub fn publisher_hello(proto: Proto) -> &'static [u8] {
 /// State of a subscription handshake, judged from the bytes received so far.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Handshake {
-    Pending,
+    /// Not yet. The first `consumed` bytes were complete replies, `confirmed` of them
+    /// subscription confirmations: the caller may drop those bytes and wait for that many
+    /// fewer confirmations.
+    Pending { consumed: usize, confirmed: usize },
     /// Confirmed; message data starts at this offset of the bytes seen.
     Ready(usize),
     /// The server answered with an error (the first line of it).
     Failed(String),
 }
 
-/// ringfan: any byte received means the subscription exists (the loader sends sync lines).
-/// redis: the `subscribe` confirmation (`…subscribe\r\n$n\r\nchan\r\n:count\r\n`).
-/// NATS: the `PONG` answering the `PING` sent after `SUB`.
-pub fn handshake(proto: Proto, seen: &[u8]) -> Handshake {
-    let error_line = |seen: &[u8]| -> Option<String> {
-        let start = if seen.starts_with(b"-") {
-            0
-        } else {
-            memmem::find(seen, b"\r\n-")? + 2
-        };
-        let end = memmem::find(&seen[start..], b"\r\n")? + start;
-        Some(String::from_utf8_lossy(&seen[start..end]).into_owned())
+impl Handshake {
+    const WAITING: Handshake = Handshake::Pending {
+        consumed: 0,
+        confirmed: 0,
     };
+}
+
+/// ringfan: any byte received means the subscription exists (the loader sends sync lines).
+/// redis: `want` confirmations, each a `subscribe` or `psubscribe` reply
+/// (`*3\r\n$9\r\nsubscribe\r\n$n\r\nchan\r\n:count\r\n`); other replies before them (a
+/// message still on its way from an earlier run) are skipped.
+/// NATS: the `PONG` answering the `PING` sent after the `SUB`s (NATS answers in order).
+pub fn handshake(proto: Proto, seen: &[u8], want: usize) -> Handshake {
     match proto {
         Proto::Ringfan => {
             if seen.is_empty() {
-                Handshake::Pending
+                Handshake::WAITING
             } else {
                 Handshake::Ready(0)
             }
         }
-        Proto::Redis => {
-            if let Some(e) = error_line(seen) {
-                return Handshake::Failed(e);
-            }
-            let Some(s) = memmem::find(seen, b"subscribe\r\n") else {
-                return Handshake::Pending;
-            };
-            let Some(colon) = memmem::find(&seen[s..], b"\r\n:") else {
-                return Handshake::Pending;
-            };
-            let from = s + colon + 3;
-            match memmem::find(&seen[from..], b"\r\n") {
-                Some(e) => Handshake::Ready(from + e + 2),
-                None => Handshake::Pending,
-            }
-        }
+        Proto::Redis => redis_confirmations(seen, want),
         Proto::Nats => {
-            if let Some(e) = error_line(seen) {
+            if let Some(e) = nats_error_line(seen) {
                 return Handshake::Failed(e);
             }
             match memmem::find(seen, b"PONG\r\n") {
                 Some(i) => Handshake::Ready(i + 6),
-                None => Handshake::Pending,
+                None => Handshake::WAITING,
             }
         }
+    }
+}
+
+fn nats_error_line(seen: &[u8]) -> Option<String> {
+    let start = if seen.starts_with(b"-") {
+        0
+    } else {
+        memmem::find(seen, b"\r\n-")? + 2
+    };
+    let end = memmem::find(&seen[start..], b"\r\n")? + start;
+    Some(String::from_utf8_lossy(&seen[start..end]).into_owned())
+}
+
+/// Walks the complete RESP2 replies in `seen`, counting subscription confirmations.
+fn redis_confirmations(seen: &[u8], want: usize) -> Handshake {
+    let (mut at, mut confirmed) = (0usize, 0usize);
+    while at < seen.len() {
+        let end = match resp_reply_end(seen, at, 0) {
+            Ok(Some(end)) => end,
+            Ok(None) => break,
+            Err(e) => return Handshake::Failed(e),
+        };
+        let reply = &seen[at..end];
+        if reply.starts_with(b"*3\r\n$9\r\nsubscribe\r\n")
+            || reply.starts_with(b"*3\r\n$10\r\npsubscribe\r\n")
+        {
+            confirmed += 1;
+            if confirmed >= want {
+                return Handshake::Ready(end);
+            }
+        }
+        at = end;
+    }
+    Handshake::Pending {
+        consumed: at,
+        confirmed,
+    }
+}
+
+/// Nesting deeper than this is not a pub/sub reply.
+const RESP_DEPTH_MAX: u32 = 4;
+
+/// The end of the RESP2 reply starting at `at`: Ok(None) if it is not complete yet, Err with
+/// the server's error line (or a description of what is not RESP).
+fn resp_reply_end(b: &[u8], at: usize, depth: u32) -> Result<Option<usize>, String> {
+    let Some(eol) = memmem::find(&b[at..], b"\r\n").map(|e| at + e) else {
+        return Ok(None);
+    };
+    let line = &b[at..eol];
+    let number = || -> Result<i64, String> {
+        std::str::from_utf8(&line[1..])
+            .ok()
+            .and_then(|t| t.parse::<i64>().ok())
+            .ok_or_else(|| format!("not a RESP reply: {}", String::from_utf8_lossy(line)))
+    };
+    match line.first() {
+        Some(b'+' | b':') => Ok(Some(eol + 2)),
+        Some(b'-') => Err(String::from_utf8_lossy(line).into_owned()),
+        Some(b'$') => {
+            let n = number()?;
+            if n < 0 {
+                return Ok(Some(eol + 2));
+            }
+            let end = eol + 2 + n as usize + 2;
+            Ok((end <= b.len()).then_some(end))
+        }
+        Some(b'*') if depth < RESP_DEPTH_MAX => {
+            let n = number()?;
+            let mut end = eol + 2;
+            for _ in 0..n.max(0) {
+                match resp_reply_end(b, end, depth + 1)? {
+                    Some(e) => end = e,
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(end))
+        }
+        _ => Err(format!(
+            "not a RESP reply: {}",
+            String::from_utf8_lossy(&line[..line.len().min(80)])
+        )),
     }
 }
 
@@ -286,20 +411,24 @@ impl Scanner {
 mod tests {
     use super::*;
 
-    fn frames(proto: Proto, size: usize, n: u64) -> (Vec<u8>, Vec<Marker>) {
-        let w = FrameWriter::new(proto, "chan", size);
+    fn frames(proto: Proto, topics: Topics, size: usize, n: u64) -> (Vec<u8>, Vec<Marker>) {
+        let w = FrameWriter::new(proto, "chan", topics, size);
         let mut out = Vec::new();
         let mut want = Vec::new();
+        let mut len = 0;
         for s in 1..=n {
+            let j = (s % topics.channels as u64) as u32;
             let m = Marker {
-                publisher: (s % 3) as u32,
+                publisher: topics.stream((s % 3) as u32, j),
                 seq: s,
                 ts: 1_000_000_000_000 + s * 7,
             };
-            assert!(w.push(&mut out, m.publisher, m.seq, m.ts));
+            assert!(w.push(&mut out, j, m.publisher, m.seq, m.ts));
+            len += w.frame_len(j);
+            assert!(w.frame_len(j) <= w.frame_len_max());
             want.push(m);
         }
-        assert_eq!(out.len(), w.frame_len() * n as usize);
+        assert_eq!(out.len(), len);
         (out, want)
     }
 
@@ -318,18 +447,92 @@ mod tests {
 
     #[test]
     fn payload_is_exact_size() {
-        let w = FrameWriter::new(Proto::Ringfan, "c", 40);
+        let w = FrameWriter::new(Proto::Ringfan, "c", Topics::single(1), 40);
         let mut out = Vec::new();
-        assert!(w.push(&mut out, 999, 9_999_999_999, 99_999_999_999_999_999));
+        assert!(w.push(&mut out, 0, 999, 9_999_999_999, 99_999_999_999_999_999));
         assert_eq!(out.len(), 40);
         assert_eq!(*out.last().unwrap(), b'\n');
-        assert!(!w.push(&mut out, 999, u64::MAX, u64::MAX));
+        assert!(!w.push(&mut out, 0, 999, u64::MAX, u64::MAX));
+    }
+
+    fn topics(k: u32, t: u32, p: u32, n: u32) -> Topics {
+        Topics {
+            channels: k,
+            per_sub: t,
+            patterns: p,
+            subscribers: n,
+        }
+    }
+
+    /// With one channel the frames are byte for byte what they were before topics; with K the
+    /// channel's name follows `<channel>.<j>`.
+    #[test]
+    fn frames_name_their_channel() {
+        let one = Topics::single(1);
+        let mut out = Vec::new();
+        let w = FrameWriter::new(Proto::Redis, "chan", one, 40);
+        assert!(w.push(&mut out, 0, 7, 12, 345));
+        let pad = "x".repeat(40 - "@7:12:345;".len() - 1);
+        let payload = format!("@7:12:345;{pad}\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("*3\r\n$7\r\nPUBLISH\r\n$4\r\nchan\r\n$40\r\n{payload}\r\n")
+        );
+        let mut out = Vec::new();
+        let w = FrameWriter::new(Proto::Redis, "chan", topics(12, 1, 0, 1), 40);
+        assert!(w.push(&mut out, 11, 7, 12, 345));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("*3\r\n$7\r\nPUBLISH\r\n$7\r\nchan.11\r\n$40\r\n{payload}\r\n")
+        );
+        assert_eq!(w.frame_len(11), w.frame_len_max());
+        assert_eq!(w.frame_len(9) + 1, w.frame_len_max());
+        let mut out = Vec::new();
+        let w = FrameWriter::new(Proto::Nats, "chan", topics(12, 1, 0, 1), 40);
+        assert!(w.push(&mut out, 3, 7, 12, 345));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("PUB chan.3 40\r\n{payload}\r\n")
+        );
+    }
+
+    #[test]
+    fn subscribe_commands_name_each_channel_and_pattern() {
+        let one = Topics::single(3);
+        assert_eq!(
+            subscribe_command(Proto::Redis, "chan", &one, 2),
+            b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nchan\r\n"
+        );
+        assert!(subscribe_command(Proto::Ringfan, "chan", &one, 0).is_empty());
+        let tp = topics(10, 3, 4, 3);
+        // Subscriber 1: channels 3, 4, 5; patterns 1 (and 4 is past P).
+        assert_eq!(
+            String::from_utf8(subscribe_command(Proto::Redis, "c", &tp, 1)).unwrap(),
+            "*4\r\n$9\r\nSUBSCRIBE\r\n$3\r\nc.3\r\n$3\r\nc.4\r\n$3\r\nc.5\r\n\
+             *2\r\n$10\r\nPSUBSCRIBE\r\n$13\r\nc.nomatch.1.*\r\n"
+        );
+        // Subscriber 0 has two patterns (0 and 3) in one PSUBSCRIBE.
+        let s0 = String::from_utf8(subscribe_command(Proto::Redis, "c", &tp, 0)).unwrap();
+        assert!(s0.ends_with(
+            "*3\r\n$10\r\nPSUBSCRIBE\r\n$13\r\nc.nomatch.0.*\r\n$13\r\nc.nomatch.3.*\r\n"
+        ));
+        assert_eq!(
+            String::from_utf8(subscribe_command(Proto::Nats, "c", &topics(10, 2, 0, 3), 9))
+                .unwrap(),
+            "CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB c.8 1\r\nSUB c.9 2\r\nPING\r\n"
+        );
     }
 
     #[test]
     fn every_split_point_every_protocol() {
-        for proto in [Proto::Ringfan, Proto::Redis, Proto::Nats] {
-            let (data, want) = frames(proto, 64, 50);
+        for (proto, tp) in [
+            (Proto::Ringfan, Topics::single(1)),
+            (Proto::Redis, Topics::single(1)),
+            (Proto::Nats, Topics::single(1)),
+            (Proto::Redis, topics(13, 1, 0, 1)),
+            (Proto::Nats, topics(13, 1, 0, 1)),
+        ] {
+            let (data, want) = frames(proto, tp, 64, 50);
             for cut in 1..=data.len().min(200) {
                 let (got, bad) = scan_chunks(&data, cut);
                 assert_eq!(bad, 0, "{proto:?} cut {cut}");
@@ -369,24 +572,75 @@ mod tests {
     #[test]
     fn handshakes() {
         let r = b"*3\r\n$9\r\nsubscribe\r\n$4\r\nchan\r\n:1\r\n*3\r\n$7";
-        assert_eq!(handshake(Proto::Redis, &r[..30]), Handshake::Pending);
-        assert_eq!(handshake(Proto::Redis, r), Handshake::Ready(33));
+        assert_eq!(handshake(Proto::Redis, &r[..30], 1), Handshake::WAITING);
+        assert_eq!(handshake(Proto::Redis, r, 1), Handshake::Ready(33));
         assert!(matches!(
-            handshake(Proto::Redis, b"-NOAUTH Authentication required.\r\n"),
+            handshake(Proto::Redis, b"-NOAUTH Authentication required.\r\n", 1),
             Handshake::Failed(_)
         ));
         let n = b"INFO {\"server_id\":\"x\"}\r\nPONG\r\nMSG";
-        assert_eq!(handshake(Proto::Nats, &n[..20]), Handshake::Pending);
-        assert_eq!(handshake(Proto::Nats, n), Handshake::Ready(n.len() - 3));
+        assert_eq!(handshake(Proto::Nats, &n[..20], 1), Handshake::WAITING);
+        assert_eq!(handshake(Proto::Nats, n, 1), Handshake::Ready(n.len() - 3));
         assert!(matches!(
             handshake(
                 Proto::Nats,
-                b"INFO {}\r\n-ERR 'Authorization Violation'\r\n"
+                b"INFO {}\r\n-ERR 'Authorization Violation'\r\n",
+                1
             ),
             Handshake::Failed(_)
         ));
-        assert_eq!(handshake(Proto::Ringfan, b""), Handshake::Pending);
-        assert_eq!(handshake(Proto::Ringfan, b"x"), Handshake::Ready(0));
+        assert_eq!(handshake(Proto::Ringfan, b"", 1), Handshake::WAITING);
+        assert_eq!(handshake(Proto::Ringfan, b"x", 1), Handshake::Ready(0));
+    }
+
+    /// Redis: every confirmation counts, channels and patterns alike, whatever arrives between
+    /// them; a reply cut anywhere waits; what was complete can be dropped.
+    #[test]
+    fn redis_handshake_waits_for_every_confirmation() {
+        let mut r = Vec::new();
+        r.extend_from_slice(b"*3\r\n$9\r\nsubscribe\r\n$9\r\nsubscribe\r\n:1\r\n");
+        // A message of an earlier run, with `subscribe` and `*3` in its payload.
+        r.extend_from_slice(b"*3\r\n$7\r\nmessage\r\n$3\r\nc.1\r\n$15\r\n*3\r\nsubscribe\r\n\r\n");
+        r.extend_from_slice(b"*3\r\n$9\r\nsubscribe\r\n$3\r\nc.1\r\n:2\r\n");
+        let two = r.len();
+        r.extend_from_slice(b"*3\r\n$10\r\npsubscribe\r\n$13\r\nc.nomatch.0.*\r\n:3\r\n");
+        let end = r.len();
+        r.extend_from_slice(b"*3\r\n$7\r\nmessage\r\n$3\r\nc.1\r\n$5\r\n@1:1;");
+        assert_eq!(handshake(Proto::Redis, &r, 3), Handshake::Ready(end));
+        assert_eq!(handshake(Proto::Redis, &r, 2), Handshake::Ready(two));
+        assert_eq!(
+            handshake(Proto::Redis, &r, 4),
+            Handshake::Pending {
+                consumed: end,
+                confirmed: 3
+            }
+        );
+        for cut in 0..end {
+            let got = handshake(Proto::Redis, &r[..cut], 3);
+            let Handshake::Pending {
+                consumed,
+                confirmed,
+            } = got
+            else {
+                panic!("cut {cut}: {got:?}");
+            };
+            assert!(consumed <= cut);
+            // Resuming from what was consumed needs the rest of the confirmations.
+            assert_eq!(
+                handshake(Proto::Redis, &r[consumed..], 3 - confirmed),
+                Handshake::Ready(end - consumed),
+                "cut {cut}"
+            );
+        }
+        let err = b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n-ERR too many patterns\r\n";
+        assert_eq!(
+            handshake(Proto::Redis, err, 2),
+            Handshake::Failed("-ERR too many patterns".into())
+        );
+        assert!(matches!(
+            handshake(Proto::Redis, b"HTTP/1.1 400 Bad Request\r\n", 1),
+            Handshake::Failed(_)
+        ));
     }
 }
 
@@ -398,10 +652,10 @@ mod speed {
     #[test]
     #[ignore]
     fn scanner_throughput() {
-        let w = FrameWriter::new(Proto::Ringfan, "c", 64);
+        let w = FrameWriter::new(Proto::Ringfan, "c", Topics::single(1), 64);
         let mut data = Vec::new();
         for s in 1..=256u64 {
-            w.push(&mut data, 0, 1_000_000 + s, 123_456_789_012_345);
+            w.push(&mut data, 0, 0, 1_000_000 + s, 123_456_789_012_345);
         }
         let mut sc = Scanner::default();
         let mut n = 0u64;
