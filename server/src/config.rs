@@ -47,6 +47,9 @@ pub struct Config {
     /// Zero: no pings.
     pub ws_ping_interval: Duration,
     pub ws_pong_timeout: Duration,
+    /// NATS servers of the backbone (`nats://host:port`); empty: off.
+    pub nats_urls: Vec<String>,
+    pub nats_prefix: String,
     /// The topic line connections publish to and receive.
     pub lines_topic: String,
     pub topic_bytes_max: usize,
@@ -225,6 +228,8 @@ enum Kind {
     LogFilter { default: &'static str },
     /// A [`Fault`], or off.
     Fault,
+    /// A comma-separated list of `nats://host:port`, or empty for off.
+    NatsUrls,
     /// A topic name: 1 to 1024 printable ASCII bytes without spaces.
     Topic {
         default: &'static str,
@@ -241,6 +246,8 @@ const FAULT_VALUES: &str =
     "off or KIND:WORKER:AFTER_MS with KIND panic or error (e.g. panic:1:200)";
 const MS_MAX: u64 = 86_400_000;
 const TOPIC_VALUES: &str = "1 to 1024 printable ASCII characters without spaces, e.g. lines";
+const NATS_URL_VALUES: &str =
+    "comma-separated nats://host:port, e.g. nats://127.0.0.1:4222,nats://127.0.0.1:4223, or empty for off";
 
 #[rustfmt::skip] // One row per variable reads better than rustfmt's vertical layout.
 pub const VARS: &[Var] = &[
@@ -348,6 +355,13 @@ pub const VARS: &[Var] = &[
         kind: Kind::Int { default: IntDefault::Is(10_000), min: 1, max: MS_MAX, unit: Unit::Millis, zero: None, note: "",
             set: |c, v| c.ws_pong_timeout = Duration::from_millis(v) },
         help: "a WebSocket client that does not answer a ping within this is reset", details: "" },
+    Var { name: "RINGFAN_NATS_URL",
+        kind: Kind::NatsUrls,
+        help: "comma-separated nats://host:port list: share topics with other nodes through NATS (unset or empty: off)",
+        details: "See \"Several nodes: the NATS backbone\"." },
+    Var { name: "RINGFAN_NATS_PREFIX",
+        kind: Kind::Topic { default: "ringfan", set: |c, v| c.nats_prefix = v },
+        help: "first token of the NATS subjects: <prefix>.<topic> (shard channels: <prefix>_shard.<topic>)", details: "" },
     Var { name: "RINGFAN_LINES_TOPIC",
         kind: Kind::Topic { default: "lines", set: |c, v| c.lines_topic = v },
         help: "the channel line connections publish to and receive",
@@ -423,6 +437,7 @@ impl Var {
             Kind::OptionalAddr { .. } | Kind::Fault => "off".into(),
             Kind::Choice { names, .. } => names[0].into(),
             Kind::LogFilter { default } | Kind::Topic { default, .. } => default.into(),
+            Kind::NatsUrls => "off".into(),
         }
     }
 
@@ -435,6 +450,7 @@ impl Var {
                 ..
             } | Kind::OptionalAddr { .. }
                 | Kind::Fault
+                | Kind::NatsUrls
         )
     }
 
@@ -477,6 +493,7 @@ impl Var {
             Kind::LogFilter { .. } => LOG_VALUES.into(),
             Kind::Fault => FAULT_VALUES.into(),
             Kind::Topic { .. } => TOPIC_VALUES.into(),
+            Kind::NatsUrls => NATS_URL_VALUES.into(),
         }
     }
 
@@ -522,6 +539,7 @@ impl Var {
             Kind::LogFilter { default } => c.log = self.log_filter(value.unwrap_or(default))?,
             Kind::Fault => c.fault = self.fault(value)?,
             Kind::Topic { default, set } => set(c, self.topic(value.unwrap_or(default))?),
+            Kind::NatsUrls => c.nats_urls = self.nats_urls(value.unwrap_or(""))?,
         }
         Ok(())
     }
@@ -529,6 +547,24 @@ impl Var {
 
 /// The parsers, one per [`Kind`]; each error names the variable, the value and `accepted()`.
 impl Var {
+    fn nats_urls(&self, v: &str) -> Result<Vec<String>, ConfigError> {
+        let v = v.trim();
+        if v.is_empty() {
+            return Ok(Vec::new());
+        }
+        v.split(',')
+            .map(|u| {
+                let u = u.trim();
+                let hostport = u.strip_prefix("nats://").unwrap_or("");
+                let ok = hostport
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                ok.then(|| u.to_string())
+                    .ok_or_else(|| self.error(v, self.accepted()))
+            })
+            .collect()
+    }
+
     fn topic(&self, v: &str) -> Result<String, ConfigError> {
         let ok = (1..=1024).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic());
         match ok {
@@ -727,6 +763,8 @@ impl Config {
             ws_handshake_timeout: Duration::ZERO,
             ws_ping_interval: Duration::ZERO,
             ws_pong_timeout: Duration::ZERO,
+            nats_urls: Vec::new(),
+            nats_prefix: String::new(),
             lines_topic: String::new(),
             topic_bytes_max: 0,
             subscriptions_max: 0,
@@ -775,7 +813,7 @@ impl fmt::Display for Config {
              recv_buffer_bytes={} ring_entries={} listen_backlog={} slow_consumer={:?} \
              slow_consumer_timeout_ms={} max_connections={} keepalive_secs={} user_timeout_ms={} \
              notsent_lowat={} publish_listen={} resp_listen={} ws_listen={} ws_publish={} \
-             ws_handshake_timeout_ms={} ws_ping_interval_ms={} ws_pong_timeout_ms={} lines_topic={} topic_bytes_max={} \
+             ws_handshake_timeout_ms={} ws_ping_interval_ms={} ws_pong_timeout_ms={} nats_urls={} nats_prefix={} lines_topic={} topic_bytes_max={} \
              subscriptions_max={} patterns_max={} topics_max={} metrics_listen={} driver={:?}",
             self.listen,
             self.threads,
@@ -806,6 +844,8 @@ impl fmt::Display for Config {
             self.ws_handshake_timeout.as_millis(),
             self.ws_ping_interval.as_millis(),
             self.ws_pong_timeout.as_millis(),
+            if self.nats_urls.is_empty() { "off".to_string() } else { self.nats_urls.join(",") },
+            self.nats_prefix,
             self.lines_topic,
             self.topic_bytes_max,
             self.subscriptions_max,

@@ -52,6 +52,8 @@ pub struct Shared {
     mailboxes: OnceLock<Vec<Mailbox>>,
     /// Each worker's subscriptions, written only by that worker.
     interest: Vec<RwLock<Interest>>,
+    /// The NATS backbone, when configured (set before the workers start).
+    pub backbone: OnceLock<crate::backbone::Link>,
 }
 
 impl Shared {
@@ -66,6 +68,7 @@ impl Shared {
             next_client_id: AtomicU64::new(1),
             mailboxes: OnceLock::new(),
             interest: (0..workers).map(|_| RwLock::default()).collect(),
+            backbone: OnceLock::new(),
         }
     }
 
@@ -101,6 +104,11 @@ impl Shared {
         if !m.notified.swap(true, Ordering::AcqRel) {
             m.doorbell.ring();
         }
+    }
+
+    /// Bytes waiting in worker `worker`'s inbox.
+    pub fn inbox_bytes(&self, worker: usize) -> usize {
+        self.mailboxes()[worker].bytes.load(Ordering::Relaxed)
     }
 
     /// Worker `worker`'s subscriptions, for routing and `PUBSUB`. Never held while taking a

@@ -1,6 +1,7 @@
 //! The ringfan server as a library: the binary (`src/main.rs`) wires these together; benchmarks
 //! and tests drive the pieces directly.
 
+pub mod backbone;
 pub mod config;
 pub mod conn;
 pub mod hub;

@@ -299,6 +299,24 @@ pub const METRICS: &[Metric] = &[
     Metric { name: "ringfan_websocket_timeouts_total", unit: None,
         help: "WebSocket connections ended by a deadline: the upgrade (handshake) or a pong (pong).",
         feed: Feed::CounterBy("kind", &[("handshake", |s| s.ws_handshake_timeouts), ("pong", |s| s.ws_pong_timeouts)]) },
+    Metric { name: "ringfan_backbone_messages_total", unit: None,
+        help: "Messages published to the NATS backbone (out) and received from it (in).",
+        feed: Feed::CounterBy("direction", &[("out", |s| s.backbone_out), ("in", |s| s.backbone_in)]) },
+    Metric { name: "ringfan_backbone_bytes_total", unit: Some(Unit::Bytes),
+        help: "Payload bytes published to the NATS backbone (out) and received from it (in).",
+        feed: Feed::CounterBy("direction", &[("out", |s| s.backbone_bytes_out), ("in", |s| s.backbone_bytes_in)]) },
+    Metric { name: "ringfan_backbone_dropped_total", unit: None,
+        help: "Messages lost on the backbone's way: out (its queue full: NATS slow or stalled), in (a worker's inbox full), publish_error (refused by the client).",
+        feed: Feed::CounterBy("direction", &[("out", |s| s.backbone_dropped_out), ("in", |s| s.backbone_dropped_in),
+            ("publish_error", |s| s.backbone_publish_errors)]) },
+    Metric { name: "ringfan_backbone_reconnects_total", unit: None,
+        help: "Times the NATS backbone reconnected after losing its connection (what NATS delivered meanwhile is missed).",
+        feed: Feed::Counter(|s| s.backbone_reconnects) },
+    Metric { name: "ringfan_backbone_subscriptions", unit: None,
+        help: "Subscriptions held in NATS (one per topic with local subscribers, one for all patterns).",
+        feed: Feed::Gauge(|c| c.backbone_subscriptions) },
+    Metric { name: "ringfan_backbone_connected", unit: None, help: "1 while the NATS backbone is connected.",
+        feed: Feed::Gauge(|c| c.backbone_connected) },
     Metric { name: "ringfan_topics", unit: None, help: "Distinct channels, patterns and shard channels with subscribers.",
         feed: Feed::Gauge(|c| c.topics) },
     Metric { name: "ringfan_subscriptions", unit: None, help: "Subscriptions held (a line connection holds one, to the lines topic).",
@@ -382,8 +400,13 @@ pub struct WorkerMetrics {
 
 impl WorkerMetrics {
     pub fn new(worker: usize) -> Self {
+        Self::labelled(worker.to_string())
+    }
+
+    /// Series labelled `worker="<worker>"` (a number, or `backbone` for the NATS thread).
+    pub fn labelled(worker: String) -> Self {
         let labels = |extra: Option<(&'static str, &'static str)>| {
-            let mut l = vec![Label::new("worker", worker.to_string())];
+            let mut l = vec![Label::new("worker", worker.clone())];
             l.extend(extra.map(|(k, v)| Label::new(k, v)));
             l
         };
@@ -471,6 +494,14 @@ mod tests {
             &mut s.ws_upgrades,
             &mut s.ws_handshake_timeouts,
             &mut s.ws_pong_timeouts,
+            &mut s.backbone_out,
+            &mut s.backbone_bytes_out,
+            &mut s.backbone_in,
+            &mut s.backbone_bytes_in,
+            &mut s.backbone_dropped_out,
+            &mut s.backbone_dropped_in,
+            &mut s.backbone_publish_errors,
+            &mut s.backbone_reconnects,
             &mut s.unexpected_errors,
             &mut s.driver.sq_full,
             &mut s.driver.cq_overflow,
@@ -520,6 +551,8 @@ mod tests {
             largest_queue_bytes: 1006,
             topics: 1007,
             subscriptions: 1008,
+            backbone_subscriptions: 1009,
+            backbone_connected: 1010,
         };
         m.publish(&stats, &census);
         m.latency.record(0.001);
@@ -547,7 +580,7 @@ mod tests {
         let mut expected: Vec<u64> = shown
             .split(' ')
             .map(|kv| kv.split_once('=').unwrap().1.parse().unwrap())
-            .chain(1001..=1008)
+            .chain(1001..=1010)
             .collect();
         expected.sort();
         assert_eq!(values, expected, "Stats: {shown}\nseries: {published:?}");
@@ -564,7 +597,7 @@ mod tests {
             ),
             ("ringfan_shutdown_aborted_total", "4"),
             ("ringfan_send_retries_total", "25"),
-            ("ringfan_enter_retries_total", "38"),
+            ("ringfan_enter_retries_total", "46"),
             ("ringfan_hub_messages_total{outcome=\"skipped\"}", "29"),
             (
                 "ringfan_connections_closing{state=\"awaiting_fin\"}",

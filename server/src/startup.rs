@@ -17,7 +17,7 @@ use ringfan::hub::{Batch, Shared};
 use ringfan::stats::Stats;
 use ringfan::topics::Proto;
 use ringfan::worker::{ListenFd, Worker};
-use ringfan::{metrics, net};
+use ringfan::{backbone, metrics, net};
 
 use crate::{EXIT_DRIVER_SETUP, EXIT_NO_IO_URING, EXIT_WORKER_FAILED};
 
@@ -52,6 +52,7 @@ pub fn serve(cfg: Config) -> Result<ExitCode, Error> {
         cfg.turn_input_bytes_max(),
         connection_limit(&cfg, nofile),
     ));
+    let backbone = start_backbone(&cfg, &shared, metrics_addr.is_some())?;
     let cfg = Arc::new(cfg);
     let mut handles = match spawn_workers(&cfg, &shared, use_uring, bound.listeners)? {
         Ok(handles) => handles,
@@ -69,6 +70,9 @@ pub fn serve(cfg: Config) -> Result<ExitCode, Error> {
     if let Some(w) = bound.ws_addr {
         println!("ringfan websocket on {w}");
     }
+    if backbone.is_some() {
+        println!("ringfan nats backbone via {}", cfg.nats_urls.join(","));
+    }
     if let Some(m) = metrics_addr {
         println!("ringfan metrics on http://{m}/metrics");
     }
@@ -82,6 +86,10 @@ pub fn serve(cfg: Config) -> Result<ExitCode, Error> {
     if let Some(code) = drain(&signals, &mut handles, &mut total) {
         return Ok(code);
     }
+    if let Some(thread) = backbone {
+        // It exits once it has flushed the workers' last messages, within its own deadline.
+        let _ = thread.join();
+    }
     if total.shutdown_aborted > 0 {
         tracing::warn!(
             connections = total.shutdown_aborted,
@@ -90,6 +98,27 @@ pub fn serve(cfg: Config) -> Result<ExitCode, Error> {
     }
     tracing::info!("stopped: {total}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the NATS backbone thread when RINGFAN_NATS_URL is set, and hands the workers its link.
+fn start_backbone(
+    cfg: &Config,
+    shared: &Arc<Shared>,
+    metrics: bool,
+) -> Result<Option<thread::JoinHandle<()>>, Error> {
+    if cfg.nats_urls.is_empty() {
+        return Ok(None);
+    }
+    let settings = backbone::Settings {
+        urls: cfg.nats_urls.clone(),
+        prefix: cfg.nats_prefix.clone(),
+        shutdown_timeout: cfg.shutdown_timeout,
+        metrics,
+    };
+    let (link, thread) = backbone::start(settings, shared.clone())
+        .map_err(|e| format!("cannot start the NATS backbone: {e}"))?;
+    assert!(shared.backbone.set(link).is_ok(), "backbone started twice");
+    Ok(Some(thread))
 }
 
 /// Raises the soft open-file limit to the hard one; returns the limit in force.

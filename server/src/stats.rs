@@ -62,6 +62,17 @@ pub struct Stats {
     pub ws_upgrades: u64,
     pub ws_handshake_timeouts: u64,
     pub ws_pong_timeouts: u64,
+    /// The NATS backbone: messages (and payload bytes) published to it and received from it,
+    /// messages dropped on the way out (workers: its queue full) and in (a worker's inbox
+    /// full), publishes the client refused, and reconnects.
+    pub backbone_out: u64,
+    pub backbone_bytes_out: u64,
+    pub backbone_in: u64,
+    pub backbone_bytes_in: u64,
+    pub backbone_dropped_out: u64,
+    pub backbone_dropped_in: u64,
+    pub backbone_publish_errors: u64,
+    pub backbone_reconnects: u64,
     pub unexpected_errors: u64,
     pub driver: DriverStats,
 }
@@ -81,6 +92,9 @@ pub struct Census {
     /// Distinct topics with local subscribers, and subscriptions held.
     pub topics: usize,
     pub subscriptions: usize,
+    /// The NATS backbone's subscriptions, and 1 while it is connected.
+    pub backbone_subscriptions: usize,
+    pub backbone_connected: usize,
 }
 
 /// Applies `$m!(name, ...)` to every scalar counter: `add`, `Display` and the exhaustiveness check
@@ -122,6 +136,14 @@ macro_rules! scalar_counters {
             ws_upgrades,
             ws_handshake_timeouts,
             ws_pong_timeouts,
+            backbone_out,
+            backbone_bytes_out,
+            backbone_in,
+            backbone_bytes_in,
+            backbone_dropped_out,
+            backbone_dropped_in,
+            backbone_publish_errors,
+            backbone_reconnects,
             unexpected_errors
         }
     };

@@ -32,6 +32,18 @@ pub enum Body {
     Payload(Bytes),
 }
 
+/// Where a message comes from, which decides whom it reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Published on this node: every subscriber; also forwarded to the NATS backbone.
+    Local,
+    /// From the backbone through a channel's own subscription: channel subscribers only.
+    Channels,
+    /// From the backbone through the patterns' wildcard subscription: pattern subscribers
+    /// only (a message matching both arrives once through each).
+    Patterns,
+}
+
 /// A published message (for lines: one chunk of lines), with its frames built on first use.
 #[derive(Debug)]
 pub struct Message {
@@ -39,6 +51,7 @@ pub struct Message {
     pub kind: Kind,
     pub topic: Bytes,
     pub body: Body,
+    pub scope: Scope,
     /// Sent by a WebSocket client as a text (true) or binary frame: kept for WebSocket
     /// subscribers. None: text if valid UTF-8.
     text: Option<bool>,
@@ -72,12 +85,19 @@ impl Message {
             kind,
             topic,
             body,
+            scope: Scope::Local,
             text: None,
             line: OnceLock::new(),
             resp2: OnceLock::new(),
             resp3: OnceLock::new(),
             ws: OnceLock::new(),
         }
+    }
+
+    /// A message that arrived from the backbone.
+    pub fn arrived(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
     }
 
     /// Keeps a WebSocket publisher's frame type for WebSocket subscribers.
@@ -281,19 +301,25 @@ pub struct Interest {
 }
 
 impl Interest {
-    pub fn add(&mut self, kind: Kind, topic: &Bytes) {
-        *self.maps[kind_index(kind)]
+    /// Counts a subscriber; true if it is the topic's first here.
+    pub fn add(&mut self, kind: Kind, topic: &Bytes) -> bool {
+        let n = self.maps[kind_index(kind)]
             .entry(topic.clone())
-            .or_insert(0) += 1;
+            .or_insert(0);
+        *n += 1;
+        *n == 1
     }
 
-    pub fn remove(&mut self, kind: Kind, topic: &[u8]) {
+    /// Uncounts a subscriber; true if it was the topic's last here.
+    pub fn remove(&mut self, kind: Kind, topic: &[u8]) -> bool {
         let map = &mut self.maps[kind_index(kind)];
         let n = map.get_mut(topic).expect("interest removed twice");
         *n -= 1;
         if *n == 0 {
             map.remove(topic);
+            return true;
         }
+        false
     }
 
     /// Subscribers a `kind` message on `topic` reaches here (0: the worker needs no copy).

@@ -14,7 +14,7 @@ use crate::config::SlowConsumer;
 use crate::hub::BatchData;
 use crate::lifecycle::{CloseReason, Closing, WriteHalf};
 use crate::metrics::LATENCY_SAMPLE_INTERVAL;
-use crate::topics::{Framing, Message};
+use crate::topics::{Framing, Message, Scope};
 
 /// Wait before resending after a send failed for want of kernel memory (ENOBUFS, ENOMEM).
 const SEND_RETRY_BACKOFF: Duration = Duration::from_millis(2);
@@ -75,6 +75,14 @@ impl<D: Driver> Worker<D> {
             self.shared
                 .send(peer, Arc::new(BatchData { messages, at }), bytes);
         }
+        if !self.backbone_out.is_empty() {
+            let out = std::mem::take(&mut self.backbone_out);
+            if let Some(link) = self.shared.backbone.get() {
+                if let Err(dropped) = link.forward(out) {
+                    self.stats.backbone_dropped_out += dropped as u64;
+                }
+            }
+        }
         self.apply_evictions();
         self.sample_latency(self.now);
         self.batch = batch;
@@ -87,8 +95,13 @@ impl<D: Driver> Worker<D> {
     fn deliver_all(&mut self, messages: &[(Arc<Message>, usize)], echo: bool) {
         let mut i = 0;
         while i < messages.len() {
-            let (kind, topic) = (messages[i].0.kind, &messages[i].0.topic);
+            let (kind, topic, scope) = (
+                messages[i].0.kind,
+                &messages[i].0.topic,
+                messages[i].0.scope,
+            );
             let patterns = kind == Kind::Channel
+                && scope != Scope::Channels
                 && self.index.patterns().any(|(p, _)| glob::matches(p, topic));
             // With a matching pattern, message by message: a client on both the channel and
             // the pattern gets `message` then `pmessage` for each, as Redis sends them.
@@ -96,11 +109,16 @@ impl<D: Driver> Worker<D> {
             while !patterns
                 && end < messages.len()
                 && messages[end].0.kind == kind
+                && messages[end].0.scope == scope
                 && messages[end].0.topic == *topic
             {
                 end += 1;
             }
-            self.deliver_run(&messages[i..end], echo);
+            // From the backbone's wildcard subscription: for pattern subscribers only (the
+            // channel's own subscription brings it to channel subscribers).
+            if scope != Scope::Patterns {
+                self.deliver_run(&messages[i..end], echo);
+            }
             if patterns {
                 self.deliver_patterns(&messages[i].0);
             }

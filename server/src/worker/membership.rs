@@ -23,6 +23,9 @@ impl<D: Driver> Worker<D> {
     /// subscribers it reaches (what `PUBLISH` answers).
     pub(crate) fn publish(&mut self, message: Message, from: usize) -> u64 {
         let message = Arc::new(message);
+        if self.shared.backbone.get().is_some() {
+            self.backbone_out.push(Arc::clone(&message));
+        }
         let mut receivers = self.index.receivers(message.kind, &message.topic) as u64;
         for peer in 0..self.shared.workers {
             if peer == self.id {
@@ -58,7 +61,12 @@ impl<D: Driver> Worker<D> {
                 topic: topic.clone(),
                 pos,
             });
-            interest.add(kind, topic);
+            if interest.add(kind, topic) {
+                // This worker's first subscriber of the topic: the node may need it from NATS.
+                if let Some(link) = self.shared.backbone.get() {
+                    link.interest(kind, topic, true);
+                }
+            }
         }
     }
 
@@ -96,9 +104,15 @@ impl<D: Driver> Worker<D> {
                 .expect("a topic member holds the topic");
             theirs.pos = sub.pos;
         }
-        self.shared
+        let last = self
+            .shared
             .interest_mut(self.id)
             .remove(sub.kind, &sub.topic);
+        if last {
+            if let Some(link) = self.shared.backbone.get() {
+                link.interest(sub.kind, &sub.topic, false);
+            }
+        }
     }
 
     /// Answers a `PUBSUB` question over every worker's subscriptions.

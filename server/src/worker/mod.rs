@@ -105,6 +105,8 @@ pub struct Worker<D: Driver> {
     batch: Vec<(Arc<Message>, usize)>,
     /// This turn's messages for each other worker (routed when published).
     outgoing: Vec<Vec<Arc<Message>>>,
+    /// This turn's messages for the NATS backbone.
+    backbone_out: Vec<Arc<Message>>,
     /// What the connection being decoded asked for.
     inputs: Vec<Input>,
     /// Scratch: the members of the topic being delivered.
@@ -183,6 +185,7 @@ impl<D: Driver> Worker<D> {
             fault,
             batch: Vec::new(),
             outgoing,
+            backbone_out: Vec::new(),
             inputs: Vec::new(),
             members: Vec::new(),
             inbox_batches: Vec::new(),
