@@ -38,7 +38,7 @@ use crate::stats::{Census, Stats};
 use crate::topics::{Body, Message, Scope};
 
 /// Batches a worker may have waiting for NATS before new ones are dropped.
-const OUT_QUEUE_BATCHES: usize = 1024;
+const OUT_QUEUE_BATCHES: usize = 256;
 /// Messages taken from NATS at once before they are routed to the workers as batches.
 const IN_BATCH_MAX: usize = 4096;
 /// Header marking a chunk of lines (its value: how many) sent as one NATS message.
