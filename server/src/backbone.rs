@@ -207,6 +207,8 @@ async fn run(
     let options = ConnectOptions::new()
         .no_echo()
         .retry_on_initial_connect()
+        // The list in its order: the first server, then on failure the next one.
+        .retain_servers_order()
         .name("ringfan")
         .connection_timeout(Duration::from_secs(2))
         .ping_interval(Duration::from_secs(2))

@@ -328,7 +328,7 @@ fn a_node_gets_nats_traffic_only_for_topics_it_has_subscribers_for() {
         Err(why) => return skip(&why),
     };
     let url = cluster[0].url();
-    let a = node(&[url.clone()], &[]);
+    let a = node(std::slice::from_ref(&url), &[]);
     let b = node(&[url], &[]);
     let _held = subscribe(b.resp_addr(), b"other");
     let mut publisher = redis::Conn::connect(a.resp_addr());
@@ -417,7 +417,7 @@ fn a_stalled_nats_server_never_slows_local_fan_out() {
         Err(why) => return skip(&why),
     };
     let url = cluster[0].url();
-    let n1 = node(&[url.clone()], &[]);
+    let n1 = node(std::slice::from_ref(&url), &[]);
     let n2 = node(&[url], &[]);
     let mut remote = subscribe(n2.resp_addr(), b"lines");
     let mut local = Client::connect(n1.addr());
