@@ -372,9 +372,14 @@ impl Server {
     }
 
     /// The server's sockets (local port == the server port) by TCP state.
-    /// Socket states on every port the server listens on (the line listener, and the
-    /// publish / RESP listeners it printed).
+    /// Socket states on the line listener's port.
     pub fn states(&self) -> TcpStates {
+        tcp_states(self.port)
+    }
+
+    /// Socket states on every port the server listens on (the line listener, and the
+    /// publish / RESP / WebSocket listeners it printed).
+    pub fn states_all_ports(&self) -> TcpStates {
         let mut all = tcp_states(self.port);
         let extra = self.stdout_lines().into_iter().filter_map(|l| {
             let (_, addr) = l.trim().split_once(" on 127.0.0.1:")?;
@@ -482,7 +487,7 @@ impl Server {
             self.port,
             self.fds(),
             self.baseline_fds,
-            self.states(),
+            self.states_all_ports(),
             fd_kinds(self.pid())
         )
     }
@@ -492,7 +497,7 @@ impl Server {
     pub fn assert_clean(&self, open: usize, within: Duration, ctx: &str) {
         let deadline = Instant::now() + within;
         let ok = wait_until(deadline, || {
-            let st = self.states();
+            let st = self.states_all_ports();
             st.close_wait() == 0
                 && st.established() == open
                 && self.fds() == self.baseline_fds + open
