@@ -5,6 +5,8 @@
 //! message is sent in are the other half of the seam: [`crate::topics::Message::frame`], built
 //! once per protocol per message.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use ringfan_protocol::resp::{self, Action, Admit, Session, SessionConfig};
 use ringfan_protocol::ws::{self, Phase, WsConfig, WsConn};
@@ -73,10 +75,11 @@ impl Codec {
         Codec::Lines(LineDecoder::new(max_frame_bytes))
     }
 
-    pub fn resp(limits: resp::Limits, session: SessionConfig) -> Codec {
+    /// A RESP connection: `session` is the listener's settings, shared by its connections.
+    pub fn resp(limits: resp::Limits, session: &Arc<SessionConfig>, client_id: u64) -> Codec {
         Codec::Resp(Box::new(RespCodec {
             decoder: resp::Decoder::new(limits),
-            session: Session::new(session),
+            session: Session::shared(Arc::clone(session), client_id),
         }))
     }
 

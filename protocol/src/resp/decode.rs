@@ -127,7 +127,12 @@ impl Decoder {
         if self.spent || input.is_empty() {
             return;
         }
-        if self.buf.capacity() - self.buf.len() < input.len() {
+        if self.buf.is_empty() && self.buf.capacity() < input.len() {
+            // Between commands (the usual case: a read holds whole commands): exactly what this
+            // input needs, so a connection that sends one command and goes idle held a few
+            // dozen bytes for it, not a page.
+            self.buf = BytesMut::with_capacity(input.len());
+        } else if self.buf.capacity() - self.buf.len() < input.len() {
             self.buf.reserve(input.len().max(MIN_ALLOCATION_BYTES));
         }
         self.buf.extend_from_slice(input);

@@ -20,6 +20,7 @@
 //!   bound. A command that would exceed one is refused whole, before any change.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -97,50 +98,119 @@ pub enum Query {
     NumPat,
 }
 
-/// A set that remembers insertion order, for unsubscribe-all.
+/// A connection's channels, patterns and shard channels, remembering subscription order (for
+/// unsubscribe-all). Small (most connections hold a topic or two): a vector, with a hash index
+/// beside it only past [`INDEXED_FROM`] entries, so an idle subscriber holds a few dozen bytes
+/// for its subscriptions rather than three hash tables.
 #[derive(Debug, Default)]
-struct OrderedSet {
+struct Subscriptions {
     seq: u64,
-    items: HashMap<Bytes, u64>,
+    items: Vec<(Kind, Bytes, u64)>,
+    /// (kind, topic) -> position in `items`, once it is large.
+    index: Option<HashMap<(Kind, Bytes), usize>>,
+    counts: [usize; 3],
 }
 
-impl OrderedSet {
-    fn insert(&mut self, item: &Bytes) -> bool {
-        if self.items.contains_key(item) {
+const INDEXED_FROM: usize = 16;
+
+fn kind_slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Channel => 0,
+        Kind::Pattern => 1,
+        Kind::Shard => 2,
+    }
+}
+
+impl Subscriptions {
+    fn position(&self, kind: Kind, topic: &[u8]) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&(kind, Bytes::copy_from_slice(topic))).copied(),
+            None => self
+                .items
+                .iter()
+                .position(|(k, t, _)| *k == kind && &t[..] == topic),
+        }
+    }
+
+    fn contains(&self, kind: Kind, topic: &[u8]) -> bool {
+        self.position(kind, topic).is_some()
+    }
+
+    fn insert(&mut self, kind: Kind, topic: &Bytes) -> bool {
+        if self.contains(kind, topic) {
             return false;
         }
         self.seq += 1;
-        self.items.insert(item.clone(), self.seq);
+        if self.items.capacity() == 0 {
+            self.items.reserve_exact(1);
+        }
+        self.items.push((kind, topic.clone(), self.seq));
+        self.counts[kind_slot(kind)] += 1;
+        if let Some(index) = &mut self.index {
+            index.insert((kind, topic.clone()), self.items.len() - 1);
+        } else if self.items.len() > INDEXED_FROM {
+            self.index = Some(
+                self.items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (k, t, _))| ((*k, t.clone()), i))
+                    .collect(),
+            );
+        }
         true
     }
 
-    fn remove(&mut self, item: &[u8]) -> bool {
-        self.items.remove(item).is_some()
+    fn remove(&mut self, kind: Kind, topic: &[u8]) -> bool {
+        let Some(i) = self.position(kind, topic) else {
+            return false;
+        };
+        let (k, t, _) = self.items.swap_remove(i);
+        self.counts[kind_slot(kind)] -= 1;
+        if let Some(index) = &mut self.index {
+            index.remove(&(k, t));
+            if let Some((mk, mt, _)) = self.items.get(i) {
+                index.insert((*mk, mt.clone()), i);
+            }
+        }
+        if self.items.is_empty() {
+            *self = Subscriptions {
+                seq: self.seq,
+                ..Subscriptions::default()
+            };
+        }
+        true
     }
 
-    fn len(&self) -> usize {
-        self.items.len()
+    fn len(&self, kind: Kind) -> usize {
+        self.counts[kind_slot(kind)]
     }
 
-    fn contains(&self, item: &[u8]) -> bool {
-        self.items.contains_key(item)
+    fn in_order(&self, kind: Kind) -> Vec<Bytes> {
+        let mut all: Vec<(&Bytes, u64)> = self
+            .items
+            .iter()
+            .filter(|(k, _, _)| *k == kind)
+            .map(|(_, t, seq)| (t, *seq))
+            .collect();
+        all.sort_unstable_by_key(|(_, seq)| *seq);
+        all.into_iter().map(|(t, _)| t.clone()).collect()
     }
 
-    fn in_order(&self) -> Vec<Bytes> {
-        let mut all: Vec<(&Bytes, &u64)> = self.items.iter().collect();
-        all.sort_unstable_by_key(|(_, seq)| **seq);
-        all.into_iter().map(|(item, _)| item.clone()).collect()
+    fn clear(&mut self, kind: Kind) {
+        for topic in self.in_order(kind) {
+            self.remove(kind, &topic);
+        }
     }
 }
 
 /// One connection's state.
 #[derive(Debug)]
 pub struct Session {
-    config: SessionConfig,
-    channels: OrderedSet,
-    patterns: OrderedSet,
-    shard_channels: OrderedSet,
-    name: Option<Bytes>,
+    /// Shared by every connection of a listener (see [`Session::shared`]).
+    config: Arc<SessionConfig>,
+    client_id: u64,
+    subs: Subscriptions,
+    name: Option<Box<[u8]>>,
     closed: bool,
     version: Version,
 }
@@ -159,11 +229,17 @@ const SUBSCRIBED_MODE_ALLOWED: &[&str] = &[
 
 impl Session {
     pub fn new(config: SessionConfig) -> Self {
+        let client_id = config.client_id;
+        Session::shared(Arc::new(config), client_id)
+    }
+
+    /// A session whose settings are shared with other connections' (one allocation for all),
+    /// with its own `CLIENT ID`.
+    pub fn shared(config: Arc<SessionConfig>, client_id: u64) -> Self {
         Session {
             config,
-            channels: OrderedSet::default(),
-            patterns: OrderedSet::default(),
-            shard_channels: OrderedSet::default(),
+            client_id,
+            subs: Subscriptions::default(),
             name: None,
             closed: false,
             version: Version::Resp2,
@@ -182,43 +258,29 @@ impl Session {
 
     /// Redis's subscribed mode: any channel, pattern or shard channel held.
     pub fn subscribed(&self) -> bool {
-        self.channels.len() + self.patterns.len() + self.shard_channels.len() > 0
+        !self.subs.items.is_empty()
     }
 
     pub fn is_subscribed(&self, kind: Kind, topic: &[u8]) -> bool {
-        self.set(kind).contains(topic)
+        self.subs.contains(kind, topic)
     }
 
     /// The topics of `kind`, in subscription order.
     pub fn topics(&self, kind: Kind) -> Vec<Bytes> {
-        self.set(kind).in_order()
+        self.subs.in_order(kind)
     }
 
-    pub fn name(&self) -> Option<&Bytes> {
-        self.name.as_ref()
-    }
-
-    fn set(&self, kind: Kind) -> &OrderedSet {
-        match kind {
-            Kind::Channel => &self.channels,
-            Kind::Pattern => &self.patterns,
-            Kind::Shard => &self.shard_channels,
-        }
-    }
-
-    fn set_mut(&mut self, kind: Kind) -> &mut OrderedSet {
-        match kind {
-            Kind::Channel => &mut self.channels,
-            Kind::Pattern => &mut self.patterns,
-            Kind::Shard => &mut self.shard_channels,
-        }
+    pub fn name(&self) -> Option<&[u8]> {
+        self.name.as_deref()
     }
 
     /// The count a confirmation of `kind` carries: channels and patterns share one.
     fn count(&self, kind: Kind) -> usize {
         match kind {
-            Kind::Channel | Kind::Pattern => self.channels.len() + self.patterns.len(),
-            Kind::Shard => self.shard_channels.len(),
+            Kind::Channel | Kind::Pattern => {
+                self.subs.len(Kind::Channel) + self.subs.len(Kind::Pattern)
+            }
+            Kind::Shard => self.subs.len(Kind::Shard),
         }
     }
 
@@ -296,7 +358,7 @@ impl Session {
                 channel: args[1].clone(),
                 message: args[2].clone(),
             }),
-            "client|id" => out.push(Action::Reply(encode::integer(self.config.client_id as i64))),
+            "client|id" => out.push(Action::Reply(encode::integer(self.client_id as i64))),
             "client|getname" => out.push(Action::Reply(match &self.name {
                 Some(name) => encode::bulk(name),
                 None => encode::null(self.version),
@@ -334,7 +396,7 @@ impl Session {
         for kind in [Kind::Channel, Kind::Shard, Kind::Pattern] {
             let topics = self.topics(kind);
             if !topics.is_empty() {
-                *self.set_mut(kind) = OrderedSet::default();
+                self.subs.clear(kind);
                 out.push(Action::Unsubscribe { kind, topics });
             }
         }
@@ -354,7 +416,7 @@ impl Session {
                 b"Client names cannot contain spaces, newlines or special characters.",
             ));
         }
-        self.name = Some(name.clone());
+        self.name = Some(name[..].into());
         Ok(())
     }
 
@@ -426,7 +488,7 @@ impl Session {
                     Version::Resp2 => b":2\r\n",
                     Version::Resp3 => b":3\r\n",
                 }),
-                7 => reply.put_slice(&encode::integer(self.config.client_id as i64)),
+                7 => reply.put_slice(&encode::integer(self.client_id as i64)),
                 13 => reply.put_slice(b"*0\r\n"),
                 _ => reply.put_slice(&encode::bulk(field)),
             }
@@ -444,7 +506,7 @@ impl Session {
         let mut added = Vec::new();
         let mut replies = BytesMut::new();
         for topic in topics {
-            if self.set_mut(kind).insert(topic) {
+            if self.subs.insert(kind, topic) {
                 added.push(topic.clone());
             }
             replies.put_slice(&encode::subscribed(
@@ -474,18 +536,18 @@ impl Session {
         }
         let mut new: Vec<&Bytes> = topics
             .iter()
-            .filter(|t| !self.set(kind).contains(t))
+            .filter(|t| !self.subs.contains(kind, t))
             .collect();
         new.sort_unstable();
         new.dedup();
         let (held, max, name) = match kind {
             Kind::Pattern => (
-                self.patterns.len(),
+                self.subs.len(Kind::Pattern),
                 self.config.patterns_max,
                 "RINGFAN_PATTERNS_MAX",
             ),
             Kind::Channel | Kind::Shard => (
-                self.channels.len() + self.shard_channels.len(),
+                self.subs.len(Kind::Channel) + self.subs.len(Kind::Shard),
                 self.config.subscriptions_max,
                 "RINGFAN_SUBSCRIPTIONS_MAX",
             ),
@@ -502,7 +564,7 @@ impl Session {
         let mut replies = BytesMut::new();
         if topics.is_empty() {
             for topic in self.topics(kind) {
-                self.set_mut(kind).remove(&topic);
+                self.subs.remove(kind, &topic);
                 replies.put_slice(&encode::unsubscribed(
                     self.version,
                     kind,
@@ -521,7 +583,7 @@ impl Session {
             }
         } else {
             for topic in topics {
-                if self.set_mut(kind).remove(topic) {
+                if self.subs.remove(kind, topic) {
                     removed.push(topic.clone());
                 }
                 replies.put_slice(&encode::unsubscribed(

@@ -30,7 +30,7 @@ use ringfan_ring::{Driver, Op, UserData};
 
 use std::sync::atomic::Ordering;
 
-use ringfan_protocol::resp::{self, Kind, SessionConfig};
+use ringfan_protocol::resp::{self, Kind};
 
 use super::Worker;
 use crate::conn::Conn;
@@ -61,13 +61,8 @@ impl<D: Driver> Worker<D> {
                     bulk_bytes_max: cfg.max_frame_bytes,
                     command_bytes_max: cfg.max_frame_bytes.saturating_mul(2).max(1 << 20),
                 },
-                SessionConfig {
-                    client_id: self.shared.next_client_id.fetch_add(1, Ordering::Relaxed),
-                    topic_bytes_max: cfg.topic_bytes_max,
-                    subscriptions_max: cfg.subscriptions_max,
-                    patterns_max: cfg.patterns_max,
-                    ..SessionConfig::default()
-                },
+                &self.resp_session,
+                self.shared.next_client_id.fetch_add(1, Ordering::Relaxed),
             ),
             Proto::WebSocket => Codec::ws(&self.ws_config),
         };
@@ -250,6 +245,12 @@ impl<D: Driver> Worker<D> {
         conn.send_bytes = 0;
         self.stats.bytes_out += sent as u64;
         conn.advance(sent);
+        if conn.queue_bytes == 0 {
+            // Drained: an idle connection keeps no queue or send buffers (one allocation each
+            // when it next sends, against a few hundred bytes held by every idle connection).
+            conn.queue = Default::default();
+            conn.send = None;
+        }
         conn.sent_total += sent as u64;
         if sent > 0 {
             conn.last_send_progress = Some(self.now);

@@ -159,6 +159,10 @@ impl<D: Driver> Worker<D> {
                 }
             }
             let conn = &mut self.conns[slot];
+            if conn.pending.is_empty() && conn.pending.capacity() > 0 {
+                // An idle connection keeps no input queue.
+                conn.pending = Default::default();
+            }
             if conn.input_held || conn.write != WriteHalf::Subscribed {
                 // Held: resumed when its queue drains. Ended: whatever is pending was discarded.
             } else if !conn.pending.is_empty() && conn.takes_input() {

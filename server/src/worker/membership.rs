@@ -56,7 +56,12 @@ impl<D: Driver> Worker<D> {
         let mut interest = self.shared.interest_mut(self.id);
         for topic in topics {
             let pos = self.index.join(kind, topic, slot);
-            self.conns[slot].subs.push(Sub {
+            let subs = &mut self.conns[slot].subs;
+            if subs.capacity() == 0 {
+                // Most connections hold one topic: room for exactly one at first.
+                subs.reserve_exact(1);
+            }
+            subs.push(Sub {
                 kind,
                 topic: topic.clone(),
                 pos,

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ringfan_protocol::resp::SessionConfig;
 use ringfan_protocol::ws::WsConfig;
 use ringfan_ring::{Completion, Driver, Op};
 use slab::Slab;
@@ -80,6 +81,8 @@ pub struct Worker<D: Driver> {
     lines_topic: Bytes,
     /// What every WebSocket connection starts from.
     ws_config: WsConfig,
+    /// The settings every RESP connection shares.
+    resp_session: Arc<SessionConfig>,
     /// Connections with undecoded input.
     ready: VecDeque<usize>,
     /// Connections with queued bytes and no send in flight.
@@ -145,6 +148,12 @@ impl<D: Driver> Worker<D> {
             .map(|f| (f.kind, Instant::now() + f.after));
         let lines_topic = Bytes::from(cfg.lines_topic.clone().into_bytes());
         let outgoing = (0..shared.workers).map(|_| Vec::new()).collect();
+        let resp_session = Arc::new(SessionConfig {
+            topic_bytes_max: cfg.topic_bytes_max,
+            subscriptions_max: cfg.subscriptions_max,
+            patterns_max: cfg.patterns_max,
+            ..SessionConfig::default()
+        });
         let ws_config = WsConfig {
             header_bytes_max: WS_HEADER_BYTES_MAX,
             message_bytes_max: cfg.max_frame_bytes,
@@ -172,6 +181,7 @@ impl<D: Driver> Worker<D> {
             generations: Vec::new(),
             index: TopicIndex::default(),
             ws_config,
+            resp_session,
             lines_topic,
             ready: VecDeque::new(),
             dirty: Vec::new(),
