@@ -5,6 +5,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::RawFd;
 
+use crate::topics::Proto;
+
+use super::resp::publish_command;
 use super::rng::Rng;
 
 /// Longest pad of a normal line: `p<gid>.<seq>.<len>:<pad>\n` stays within 64 bytes.
@@ -37,6 +40,14 @@ pub(super) struct StreamCtx {
     pub(super) max_frame: usize,
 }
 
+/// Peers of worker `w` are numbered from `w * 1000`, RESP peers from `w * 1000 + 500` (a run has
+/// fewer than 500 peers per worker), so a line names the protocol of its publisher.
+pub(super) const RESP_GID_OFFSET: u64 = 500;
+
+pub(super) fn is_resp_gid(gid: u64) -> bool {
+    gid % 1000 >= RESP_GID_OFFSET
+}
+
 /// Pad byte `i` of line `seq` of peer `gid`: lines are self-checking.
 pub(super) fn pad_byte(gid: u64, seq: u64, i: u64) -> u8 {
     b'a' + ((gid * 7 + seq * 13 + i) % 26) as u8
@@ -55,6 +66,8 @@ pub(super) struct Peer {
     pub(super) listener: usize,
     /// Lines of this peer are delivered only if its listener lets connections publish.
     pub(super) tag: u8,
+    /// What it speaks: lines, or RESP3 (see `resp.rs`).
+    pub(super) proto: Proto,
     pub(super) fd: Option<RawFd>,
     pub(super) state: PeerState,
 
@@ -87,14 +100,34 @@ pub(super) struct Peer {
     pub(super) err_seen: bool,
     pub(super) last_seq: BTreeMap<u64, u64>,
     pub(super) lines: u64,
+    /// Lines of RESP peers read by this line peer.
+    pub(super) lines_from_resp: u64,
+    /// RESP: how far its stream got (`HELLO` reply, subscribe confirmation, `PUBLISH` replies).
+    pub(super) resp: RespRx,
+}
+
+/// What a RESP peer has read of its stream so far.
+#[derive(Debug, Default)]
+pub(super) struct RespRx {
+    pub(super) hello_seen: bool,
+    pub(super) confirmed: bool,
+    /// Integer replies read: one per `PUBLISH`, in order (reply k answers line k).
+    pub(super) replies: u64,
 }
 
 impl Peer {
-    pub(super) fn new(gid: u64, listener: usize, tag: u8, step: u32, rng: &mut Rng) -> Self {
-        Peer {
+    pub(super) fn new(
+        gid: u64,
+        listener: usize,
+        (proto, tag): (Proto, u8),
+        step: u32,
+        rng: &mut Rng,
+    ) -> Self {
+        let mut p = Peer {
             gid,
             listener,
             tag,
+            proto,
             fd: None,
             state: PeerState::Backlog,
             publish_pm: rng.pick(&[0, 30, 150, 500, 900]),
@@ -127,7 +160,15 @@ impl Peer {
             err_seen: false,
             last_seq: BTreeMap::new(),
             lines: 0,
+            lines_from_resp: 0,
+            resp: RespRx::default(),
+        };
+        if proto == Proto::Resp {
+            // A RESP peer never sends an over-long line: its commands are well-formed.
+            p.overlong_pm = 0;
+            p.write_handshake(rng);
         }
+        p
     }
 
     pub(super) fn write_line(&mut self, rng: &mut Rng, max_frame: usize) {
@@ -135,7 +176,14 @@ impl Peer {
             let rest = std::mem::take(&mut self.partial);
             self.inbound.extend(rest);
         }
-        let line = if rng.chance(self.overlong_pm) {
+        let line = if self.proto == Proto::Resp {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            publish_command(
+                &make_line(self.tag, self.gid, seq, rng.range(0, PAD_MAX)),
+                rng,
+            )
+        } else if rng.chance(self.overlong_pm) {
             self.sent_overlong = true;
             let mut v = vec![b'X'; max_frame + rng.range(0, max_frame as u64) as usize];
             v.push(b'\n');
@@ -154,9 +202,12 @@ impl Peer {
         }
     }
 
-    /// Takes bytes the peer read; checks every line they complete.
+    /// Takes bytes the peer read; checks every line (or RESP value) they complete.
     pub(super) fn receive(&mut self, bytes: &[u8], ctx: &StreamCtx) -> Result<u64, String> {
         self.rx.extend_from_slice(bytes);
+        if self.proto == Proto::Resp {
+            return self.receive_resp(ctx);
+        }
         let mut checked = 0;
         while let Some(nl) = self.rx.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.rx.drain(..=nl).collect();
@@ -202,7 +253,8 @@ impl Peer {
                 shown()
             ));
         }
-        if !ctx.echo && gid == who {
+        // RINGFAN_ECHO concerns line clients only: a RESP subscriber gets its own messages.
+        if !ctx.echo && gid == who && self.proto == Proto::Lines {
             return Err(format!(
                 "peer {who} received its own line {:?} with RINGFAN_ECHO=0",
                 shown()
@@ -222,6 +274,9 @@ impl Peer {
         }
         self.last_seq.insert(gid, seq);
         self.lines += 1;
+        if self.proto == Proto::Lines && is_resp_gid(gid) {
+            self.lines_from_resp += 1;
+        }
         Ok(())
     }
 }

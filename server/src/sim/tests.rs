@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use ringfan_ring::{Driver, Op, UserData};
 
+use crate::topics::Proto;
+
 use super::driver::{SimDriver, Sock};
 use super::knobs::Knobs;
 use super::net::FD_BASE;
@@ -104,8 +106,9 @@ fn lone_driver() -> (SimDriver, RawFd) {
         events: VecDeque::new(),
         all: false,
     }));
-    let mut d = SimDriver::new(0, rng, &k, trace, vec![3]);
-    d.peers.push(Peer::new(0, 0, b'p', 0, &mut Rng::new(2)));
+    let mut d = SimDriver::new(0, rng, &k, trace, vec![(3, (Proto::Lines, b'p'))]);
+    d.peers
+        .push(Peer::new(0, 0, (Proto::Lines, b'p'), 0, &mut Rng::new(2)));
     let fd = FD_BASE;
     d.socks.insert(
         fd,
