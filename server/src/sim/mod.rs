@@ -31,7 +31,8 @@
 //! fast, slowly or never, FIN at random or after the server's FIN, reset at any point (also in
 //! the backlog, during a blocked flush and right after SHUT_WR). In some runs each worker also
 //! has a RESP listener: its peers send `HELLO 3` and `SUBSCRIBE lines`, then publish their lines
-//! with `PUBLISH lines <line>`, and read RESP3 (`resp.rs`).
+//! with `PUBLISH lines <line>` (now and then a `PING`, or joining or leaving a side channel),
+//! and read RESP3 (`resp.rs`).
 //!
 //! Checked after every loop turn ([`Sim::check_worker`]), at submission time (in the driver) and
 //! at the end of each run:

@@ -213,13 +213,15 @@ impl SimDriver {
         let n = want.min(p.to_peer.len());
         if n > 0 {
             let bytes: Vec<u8> = p.to_peer.drain(..n).collect();
-            let (replies, from_resp) = (p.resp.replies, p.lines_from_resp);
+            let (replies, others, from_resp) = (p.resp.replies, p.resp.others, p.lines_from_resp);
             match p.receive(&bytes, ctx) {
                 Ok(lines) => {
                     self.cov.add_n(Cov::lines_checked, lines);
                     if p.proto == Proto::Resp {
                         self.cov.add_n(Cov::resp_messages_checked, lines);
                         self.cov.add_n(Cov::resp_replies, p.resp.replies - replies);
+                        self.cov
+                            .add_n(Cov::resp_other_replies, p.resp.others - others);
                     }
                     let from_resp = p.lines_from_resp - from_resp;
                     self.cov.add_n(Cov::resp_lines_to_line_peers, from_resp);

@@ -7,7 +7,6 @@ use std::os::fd::RawFd;
 
 use crate::topics::Proto;
 
-use super::resp::publish_command;
 use super::rng::Rng;
 
 /// Longest pad of a normal line: `p<gid>.<seq>.<len>:<pad>\n` stays within 64 bytes.
@@ -106,13 +105,34 @@ pub(super) struct Peer {
     pub(super) resp: RespRx,
 }
 
-/// What a RESP peer has read of its stream so far.
+/// A RESP peer's conversation: what its commands asked for and what it has read.
 #[derive(Debug, Default)]
 pub(super) struct RespRx {
-    pub(super) hello_seen: bool,
+    /// The reply (or confirmation push) each command sent asks for, oldest first.
+    pub(super) expect: VecDeque<Expect>,
+    /// Its subscription to the lines topic was confirmed: messages may come.
     pub(super) confirmed: bool,
-    /// Integer replies read: one per `PUBLISH`, in order (reply k answers line k).
+    /// `PUBLISH` replies read (reply k answers line k).
     pub(super) replies: u64,
+    /// Answers read to `PING` and to (un)subscribing the side channel.
+    pub(super) others: u64,
+    /// It holds the side channel, as of the commands it sent.
+    pub(super) side: bool,
+    /// Odds (per mille) that a command it sends is not a `PUBLISH` but `SUBSCRIBE` or
+    /// `UNSUBSCRIBE` of the side channel, or `PING`.
+    pub(super) other_pm: u32,
+}
+
+/// What a RESP peer expects for one command it sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Expect {
+    Hello,
+    /// The confirmation push of `(un)subscribe` of this channel, with this count.
+    Subscribed(&'static [u8], i64),
+    Unsubscribed(&'static [u8], i64),
+    Pong,
+    /// The reply to `PUBLISH` of line k.
+    Published(u64),
 }
 
 impl Peer {
@@ -166,6 +186,7 @@ impl Peer {
         if proto == Proto::Resp {
             // A RESP peer never sends an over-long line: its commands are well-formed.
             p.overlong_pm = 0;
+            p.resp.other_pm = rng.pick(&[0, 0, 50, 300]);
             p.write_handshake(rng);
         }
         p
@@ -177,12 +198,7 @@ impl Peer {
             self.inbound.extend(rest);
         }
         let line = if self.proto == Proto::Resp {
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            publish_command(
-                &make_line(self.tag, self.gid, seq, rng.range(0, PAD_MAX)),
-                rng,
-            )
+            self.next_command(rng)
         } else if rng.chance(self.overlong_pm) {
             self.sent_overlong = true;
             let mut v = vec![b'X'; max_frame + rng.range(0, max_frame as u64) as usize];

@@ -1,19 +1,25 @@
 //! RESP peers: what they send (`HELLO 3`, `SUBSCRIBE lines`, then their self-checking lines as
-//! `PUBLISH lines <line>`) and the checks on what they read, decoded as RESP3.
+//! `PUBLISH lines <line>`, and now and then `PING` or `SUBSCRIBE` / `UNSUBSCRIBE` of a side
+//! channel) and the checks on what they read, decoded as RESP3.
 //!
 //! A RESP peer's stream is, in order: the `HELLO` map, the push confirming the subscription,
-//! then `message` pushes and one integer reply per `PUBLISH`, interleaved. Each `message`
-//! payload plus `\n` passes the line peers' checks (whole, in order per publisher, no gaps under
-//! the disconnect policy), except that its own lines arrive whatever `RINGFAN_ECHO` says. A
-//! subscriber that publishes gets its own message before the reply to its `PUBLISH` (as from
-//! Redis), so its line k arrives right after reply k - 1 and before reply k; under the
-//! disconnect policy, reply k comes only after line k (its message is never dropped).
+//! then `message` pushes interleaved with the answers to its later commands, one each, in the
+//! order sent (an integer per `PUBLISH`, `+PONG`, a confirmation push with the count of
+//! channels held). Each `message` payload plus `\n` passes the line peers' checks (whole, in
+//! order per publisher, no gaps under the disconnect policy), except that its own lines arrive
+//! whatever `RINGFAN_ECHO` says. A subscriber that publishes gets its own message before the
+//! reply to its `PUBLISH` (as from Redis), so its line k arrives right after reply k - 1 and
+//! before reply k; under the disconnect policy, reply k comes only after line k (its message is
+//! never dropped). Changing topics between publishes exercises the topic index and the shared
+//! interest (checked after every turn) and eviction in the middle of a peer's commands.
 
-use super::peer::{parse_line, Peer, StreamCtx};
+use super::peer::{make_line, parse_line, Expect, Peer, StreamCtx, PAD_MAX};
 use super::rng::Rng;
 
 /// The channel line connections are members of (`RINGFAN_LINES_TOPIC`, left at its default).
 pub(super) const LINES_TOPIC: &[u8] = b"lines";
+/// A channel RESP peers join and leave between publishes; nothing is published on it.
+pub(super) const SIDE_TOPIC: &[u8] = b"side";
 /// Longest value a RESP peer may have to wait for: the `HELLO` map (about 150 bytes) or one
 /// `message` push (a line of at most 64 bytes plus about 40).
 const VALUE_BYTES_MAX: usize = 512;
@@ -58,12 +64,6 @@ fn multibulk(args: &[&[u8]]) -> Vec<u8> {
         v.extend_from_slice(b"\r\n");
     }
     v
-}
-
-/// `PUBLISH lines <line without its \n>`, multibulk.
-pub(super) fn publish_command(line: &[u8], rng: &mut Rng) -> Vec<u8> {
-    let publish = name(rng, "PUBLISH");
-    multibulk(&[publish.as_bytes(), LINES_TOPIC, &line[..line.len() - 1]])
 }
 
 /// Parses one value at the start of `b`: `Ok(None)` until it is complete; with the bytes used.
@@ -143,6 +143,40 @@ impl Peer {
         let subscribe = name(rng, "SUBSCRIBE");
         self.inbound
             .extend(command(rng, &[subscribe.as_bytes(), LINES_TOPIC]));
+        self.resp.expect.push_back(Expect::Hello);
+        self.resp
+            .expect
+            .push_back(Expect::Subscribed(LINES_TOPIC, 1));
+    }
+
+    /// The next command: mostly `PUBLISH lines <next line without its \n>` (multibulk), now and
+    /// then `SUBSCRIBE` / `UNSUBSCRIBE` of the side channel or `PING`, which change the
+    /// connection's topics (and test the server's bookkeeping of them) between its publishes.
+    pub(super) fn next_command(&mut self, rng: &mut Rng) -> Vec<u8> {
+        if rng.chance(self.resp.other_pm) {
+            let (cmd, expect) = match rng.below(3) {
+                0 => (name(rng, "PING"), Expect::Pong),
+                _ if self.resp.side => (
+                    name(rng, "UNSUBSCRIBE"),
+                    Expect::Unsubscribed(SIDE_TOPIC, 1),
+                ),
+                _ => (name(rng, "SUBSCRIBE"), Expect::Subscribed(SIDE_TOPIC, 2)),
+            };
+            self.resp.expect.push_back(expect);
+            return match expect {
+                Expect::Pong => command(rng, &[cmd.as_bytes()]),
+                _ => {
+                    self.resp.side = !self.resp.side;
+                    command(rng, &[cmd.as_bytes(), SIDE_TOPIC])
+                }
+            };
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.resp.expect.push_back(Expect::Published(seq));
+        let line = make_line(self.tag, self.gid, seq, rng.range(0, PAD_MAX));
+        let publish = name(rng, "PUBLISH");
+        multibulk(&[publish.as_bytes(), LINES_TOPIC, &line[..line.len() - 1]])
     }
 
     /// Decodes and checks every whole value read; returns how many lines were checked.
@@ -172,79 +206,97 @@ impl Peer {
         Ok(checked)
     }
 
-    /// Checks one value against where the stream is; returns 1 for a checked line.
+    /// Checks one value: a `message` push (once subscribed), or the reply the oldest
+    /// unanswered command asks for. Returns 1 for a checked line.
     fn check_value(&mut self, value: Value, ctx: &StreamCtx) -> Result<u64, String> {
         let who = self.gid;
-        let unexpected =
-            |what: &str, v: &Value| format!("RESP peer {who} expected {what}, read {v:?}");
-        if !self.resp.hello_seen {
-            let Value::Map(fields) = &value else {
-                return Err(unexpected("the HELLO 3 map", &value));
-            };
-            let proto = fields
-                .iter()
-                .find(|(k, _)| bulk(k) == Some(b"proto"))
-                .map(|(_, v)| v);
-            if fields.len() != 7 || proto != Some(&Value::Int(3)) {
-                return Err(unexpected("the HELLO 3 map (7 fields, proto 3)", &value));
+        if let Value::Push(items) = &value {
+            if items.first().and_then(bulk) == Some(b"message") {
+                return self.check_message(items, ctx).map(|()| 1);
             }
-            self.resp.hello_seen = true;
-            return Ok(0);
         }
-        if !self.resp.confirmed {
-            let want = Value::Push(vec![
-                Value::Bulk(b"subscribe".to_vec()),
-                Value::Bulk(LINES_TOPIC.to_vec()),
-                Value::Int(1),
-            ]);
-            if value != want {
-                return Err(unexpected("the subscribe confirmation push", &value));
-            }
-            self.resp.confirmed = true;
-            return Ok(0);
-        }
-        match value {
-            Value::Int(n) => self.check_reply(n, ctx).map(|()| 0),
-            Value::Push(items) => {
-                let [word, channel, payload] = &items[..] else {
-                    return Err(unexpected("a message push", &Value::Push(items)));
-                };
-                let (Some(b"message"), Some(LINES_TOPIC), Some(payload)) =
-                    (bulk(word), bulk(channel), bulk(payload))
-                else {
-                    return Err(unexpected("a message push", &Value::Push(items)));
-                };
-                if payload.contains(&b'\n') {
-                    return Err(format!(
-                        "RESP peer {who} read a message holding a newline: {:?}",
-                        String::from_utf8_lossy(payload)
-                    ));
-                }
-                if let Some((_, gid, seq)) = parse_line(payload) {
-                    if gid == who && seq != self.resp.replies {
-                        return Err(format!(
-                            "RESP peer {who} read its own line {seq} after {} PUBLISH replies: \
-                             its message must come right before the reply to its PUBLISH",
-                            self.resp.replies
-                        ));
-                    }
-                }
-                self.check_line(payload, ctx).map(|()| 1)
-            }
-            other => Err(unexpected("a message push or a PUBLISH reply", &other)),
-        }
-    }
-
-    /// Reply k (from 0) answers the `PUBLISH` of line k: it reached at least this subscriber,
-    /// and (disconnect policy) the line itself arrived just before.
-    fn check_reply(&mut self, n: i64, ctx: &StreamCtx) -> Result<(), String> {
-        let (who, k) = (self.gid, self.resp.replies);
-        if k >= self.next_seq {
+        let Some(expect) = self.resp.expect.pop_front() else {
             return Err(format!(
-                "RESP peer {who} read reply {k} (:{n}) but sent only {} PUBLISH commands",
-                self.next_seq
+                "RESP peer {who} read {value:?} with every command it sent answered"
+            ));
+        };
+        let push = |word: &[u8], topic: &[u8], n: i64| {
+            Value::Push(vec![
+                Value::Bulk(word.to_vec()),
+                Value::Bulk(topic.to_vec()),
+                Value::Int(n),
+            ])
+        };
+        let ok = match (expect, &value) {
+            (Expect::Hello, Value::Map(fields)) => {
+                let proto = fields
+                    .iter()
+                    .find(|(k, _)| bulk(k) == Some(b"proto"))
+                    .map(|(_, v)| v);
+                fields.len() == 7 && proto == Some(&Value::Int(3))
+            }
+            (Expect::Subscribed(topic, n), v) => *v == push(b"subscribe", topic, n),
+            (Expect::Unsubscribed(topic, n), v) => *v == push(b"unsubscribe", topic, n),
+            (Expect::Pong, v) => *v == Value::Simple(b"PONG".to_vec()),
+            (Expect::Published(k), &Value::Int(n)) => {
+                self.check_reply(k, n, ctx)?;
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "RESP peer {who} expected the answer to its command ({expect:?}), read {value:?}"
             ));
         }
+        match expect {
+            Expect::Subscribed(LINES_TOPIC, _) => self.resp.confirmed = true,
+            Expect::Hello | Expect::Published(_) => {}
+            _ => self.resp.others += 1,
+        }
+        Ok(0)
+    }
+
+    /// A `message` push: on the lines topic, after the subscription's confirmation, a line
+    /// as published; its own line k right before the reply to its `PUBLISH` of it.
+    fn check_message(&mut self, items: &[Value], ctx: &StreamCtx) -> Result<(), String> {
+        let who = self.gid;
+        let payload = match items {
+            [_, channel, payload] if bulk(channel) == Some(LINES_TOPIC) => bulk(payload),
+            _ => None,
+        };
+        let Some(payload) = payload.filter(|_| self.resp.confirmed) else {
+            return Err(format!(
+                "RESP peer {who} read {items:?}, expected only messages of {:?} once confirmed \
+                 (confirmed: {})",
+                String::from_utf8_lossy(LINES_TOPIC),
+                self.resp.confirmed
+            ));
+        };
+        if payload.contains(&b'\n') {
+            return Err(format!(
+                "RESP peer {who} read a message holding a newline: {:?}",
+                String::from_utf8_lossy(payload)
+            ));
+        }
+        if let Some((_, gid, seq)) = parse_line(payload) {
+            if gid == who && seq != self.resp.replies {
+                return Err(format!(
+                    "RESP peer {who} read its own line {seq} after {} PUBLISH replies: its \
+                     message must come right before the reply to its PUBLISH",
+                    self.resp.replies
+                ));
+            }
+        }
+        let payload = payload.to_vec();
+        self.check_line(&payload, ctx)
+    }
+
+    /// The reply to `PUBLISH` of line k: it reached at least this subscriber, and (disconnect
+    /// policy) the line itself arrived just before.
+    fn check_reply(&mut self, k: u64, n: i64, ctx: &StreamCtx) -> Result<(), String> {
+        let who = self.gid;
+        debug_assert_eq!(k, self.resp.replies, "replies counted out of step");
         if n < 1 {
             return Err(format!(
                 "RESP peer {who}: PUBLISH of line {k} reached {n} subscribers, but it is one"

@@ -190,6 +190,7 @@ coverage!(
     resp_listener,
     resp_peers,
     resp_replies,
+    resp_other_replies,
     resp_messages_checked,
     resp_lines_to_line_peers,
     steps,
