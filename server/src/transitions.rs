@@ -6,12 +6,14 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringfan_protocol::resp::Kind;
 use ringfan_ring::{Completion, Doorbell, Driver, DriverStats, Op, UserData};
 
 use crate::config::Config;
 use crate::hub::Shared;
 use crate::lifecycle::{CloseReason, ReadHalf, WriteHalf};
-use crate::worker::Worker;
+use crate::topics::Proto;
+use crate::worker::{ListenFd, Worker};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Sub {
@@ -119,6 +121,10 @@ struct Harness {
 
 impl Harness {
     fn new(vars: &[(&str, &str)]) -> Self {
+        Harness::with_listeners(vars, false)
+    }
+    /// With `resp`, a RESP listener (index 1) next to the line listener.
+    fn with_listeners(vars: &[(&str, &str)], resp: bool) -> Self {
         let env: Vec<(String, String)> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -132,22 +138,24 @@ impl Harness {
         let (tx, rx) = std::sync::mpsc::channel();
         let script = Script::new();
         shared.set_mailboxes(vec![(tx, script.doorbell())]);
-        let listener: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-        let mut w = Worker::new(
-            0,
-            cfg,
-            script,
-            shared,
-            rx,
-            crate::worker::ListenFd::lines(listener, None),
-        );
+        let open = || -> OwnedFd { std::fs::File::open("/dev/null").unwrap().into() };
+        let mut listeners = ListenFd::lines(open(), None);
+        if resp {
+            listeners.push(ListenFd {
+                fd: open(),
+                proto: Proto::Resp,
+                publishers: true,
+            });
+        }
+        let n = listeners.len();
+        let mut w = Worker::new(0, cfg, script, shared, rx, listeners);
         w.start();
         let mut h = Harness {
             w,
             now: Instant::now(),
         };
         h.turn();
-        assert_eq!(h.take(), vec![Sub::Accept]);
+        assert_eq!(h.take(), vec![Sub::Accept; n]);
         h
     }
     fn turn(&mut self) {
@@ -177,7 +185,11 @@ impl Harness {
     }
     /// Accepts `fd`; returns the recv's user_data.
     fn accept(&mut self, fd: RawFd) -> UserData {
-        self.complete(UserData::new(u32::MAX - 1, 0, Op::Accept), fd, true);
+        self.accept_on(0, fd)
+    }
+    /// Accepts `fd` on listener `index` (1: the RESP listener).
+    fn accept_on(&mut self, index: u32, fd: RawFd) -> UserData {
+        self.complete(UserData::new(u32::MAX - 1 - index, 0, Op::Accept), fd, true);
         self.turn();
         match self.take().as_slice() {
             [Sub::Recv(f, ud)] if *f == fd => *ud,
@@ -628,4 +640,60 @@ fn deadline_set_holds_at_most_one_entry_per_live_connection_under_churn() {
         );
     }
     assert!(h.w.conns.contains(keep.slot() as usize));
+}
+
+/// A RESP subscriber is evicted by the fan-out its own (UN)SUBSCRIBE runs first (a line
+/// published earlier in the same turn does not fit its queue). The (un)subscribe must then not
+/// go on: it used to join the topic for a connection no longer subscribed (a member the topic
+/// kept after the connection was freed), and an UNSUBSCRIBE panicked the worker on finding the
+/// topic already left.
+#[test]
+fn a_subscriber_evicted_by_the_fan_out_of_its_own_subscribe_joins_and_leaves_nothing() {
+    for command in [&b"SUBSCRIBE x\r\n"[..], b"UNSUBSCRIBE held\r\n"] {
+        let cmd = String::from_utf8_lossy(command.trim_ascii_end());
+        // A 64-byte queue: 8 bytes of input per turn, replies hold input back over 32 bytes.
+        let mut h = Harness::with_listeners(
+            &[
+                ("RINGFAN_SEND_QUEUE_BYTES_MAX", "64"),
+                ("RINGFAN_SLOW_CONSUMER_TIMEOUT_MS", "0"),
+            ],
+            true,
+        );
+        let publisher = h.accept(FD);
+        let resp = h.accept_on(1, FD + 1);
+        let slot = resp.slot() as usize;
+        h.data(resp, b"SUBSCRIBE lines held\r\n");
+        h.turn();
+        // The confirmations go out short: 27 bytes stay queued (not enough to hold input).
+        let send = Harness::ud(resp, Op::Send);
+        match h.take().as_slice() {
+            [Sub::Send(fd, ud, bytes)] if *fd == FD + 1 && *ud == send => {
+                h.complete(send, bytes.len() as i32 - 27, false)
+            }
+            other => panic!("expected the confirmations' send, got {other:?}"),
+        }
+        h.turn();
+        assert_eq!(h.w.conns[slot].queue_bytes, 27);
+        // In one turn: a line (its 40-byte message does not fit the 37 bytes left), then the
+        // subscriber's command, whose fan-out of the turn's batch evicts it.
+        h.data(publisher, b"aaaaaa\n");
+        h.data(resp, command);
+        h.turn();
+        let c = &h.w.conns[slot];
+        assert_ne!(c.write, WriteHalf::Subscribed, "{cmd}: not evicted");
+        assert_eq!(h.w.stats.evicted_slow, 1, "{cmd}");
+        assert!(c.subs.is_empty(), "{cmd}: topics held: {:?}", c.subs);
+        assert_eq!(
+            h.w.index.total_members(),
+            1,
+            "{cmd}: only the line publisher left"
+        );
+        for topic in [&b"x"[..], b"held"] {
+            assert!(
+                !h.w.index.contains(Kind::Channel, topic),
+                "{cmd}: {:?} kept a member",
+                String::from_utf8_lossy(topic)
+            );
+        }
+    }
 }

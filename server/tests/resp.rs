@@ -378,3 +378,76 @@ fn slow_resp_subscriber_is_evicted_but_a_publisher_never_is() {
     drop((stalled, reader, publisher, mute));
     server.assert_clean(0, Duration::from_secs(5), "after eviction");
 }
+
+/// A RESP3 subscriber whose own `PUBLISH` puts it over its queue limit is evicted by that
+/// publish, in the middle of what it sent in one write: the commands after it are not carried
+/// out (as Redis stops reading a client it is closing). They used to be: a `SUBSCRIBE` there
+/// joined a topic for a connection no longer subscribed, which stayed in the topic after the
+/// connection was freed; an `UNSUBSCRIBE` there found its topic already dropped and panicked the
+/// worker, ending the server.
+#[test]
+fn commands_after_a_publish_that_evicts_its_sender_are_not_carried_out() {
+    if !require_io_uring() {
+        return;
+    }
+    let (mut server, addr) = start(
+        1,
+        &[
+            ("RINGFAN_SEND_QUEUE_BYTES_MAX", "1000"),
+            ("RINGFAN_SLOW_CONSUMER_TIMEOUT_MS", "0"),
+        ],
+    );
+    let mut watcher = Conn::connect(addr);
+    call(&mut watcher, &[b"SUBSCRIBE", b"after"]);
+    let mut other = Conn::connect(addr);
+    // Its own message (2 KB) does not fit its 1000-byte queue: evicted by its own publish.
+    let big = vec![b'x'; 2000];
+    let evicting = |c: &mut Conn, then: &[&[&[u8]]]| {
+        call(c, &[b"HELLO", b"3"]);
+        c.send(&cmd(&[b"SUBSCRIBE", b"big", b"held"]));
+        c.frames(2).unwrap();
+        let mut one_write = cmd(&[b"PUBLISH", b"big", &big]);
+        for args in then {
+            one_write.extend(cmd(args));
+        }
+        c.send(&one_write);
+        assert_eq!(
+            c.read_to_end().unwrap(),
+            b"",
+            "the evicted connection got replies to what it sent after its eviction"
+        );
+    };
+    // A SUBSCRIBE and a PUBLISH after the evicting one.
+    let mut first = Conn::connect(addr);
+    evicting(
+        &mut first,
+        &[&[b"SUBSCRIBE", b"joined"], &[b"PUBLISH", b"after", b"late"]],
+    );
+    // An UNSUBSCRIBE after it.
+    let mut second = Conn::connect(addr);
+    evicting(
+        &mut second,
+        &[&[b"UNSUBSCRIBE", b"held"], &[b"PUBLISH", b"after", b"late"]],
+    );
+    assert!(
+        server.is_running(),
+        "the server died: {}",
+        server.describe()
+    );
+    // Neither late PUBLISH was delivered: the watcher's next message is this one.
+    call(&mut other, &[b"PUBLISH", b"after", b"marker"]);
+    assert_eq!(
+        watcher.frames(1).unwrap(),
+        message(b"after", b"marker"),
+        "a command sent after an evicting publish was carried out"
+    );
+    // No topic keeps a member of the closed connections.
+    let numsub = [b"PUBSUB", b"NUMSUB", &b"big"[..], b"held", b"joined"];
+    assert_eq!(
+        call(&mut other, &numsub),
+        b"*6\r\n$3\r\nbig\r\n:0\r\n$4\r\nheld\r\n:0\r\n$6\r\njoined\r\n:0\r\n",
+        "topics kept members of evicted connections"
+    );
+    drop((watcher, other, first, second));
+    server.assert_clean(0, Duration::from_secs(5), "after the evictions");
+}

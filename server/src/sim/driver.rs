@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use ringfan_ring::{Completion, Doorbell, Driver, DriverStats, Op, UserData};
 
+use crate::topics::Proto;
+
 use super::knobs::Knobs;
-use super::peer::Peer;
+use super::peer::{Peer, RESP_GID_OFFSET};
 use super::rng::Rng;
 use super::trace::{fmt_ud, Cov, Coverage, Ev, PeerEv, SharedTrace, Violation};
 
@@ -112,10 +114,13 @@ pub(crate) struct SimDriver {
     pub(super) buf_state: Vec<BufState>,
     pub(super) free: VecDeque<u16>,
     pub(super) listeners: Vec<RawFd>,
+    /// What each listener's peers speak, and the tag of their lines (`s`: may not publish).
+    pub(super) roles: Vec<(Proto, u8)>,
     pub(super) socks: BTreeMap<RawFd, Sock>,
     pub(super) closed_fds: BTreeSet<RawFd>,
     pub(super) peers: Vec<Peer>,
     pub(super) next_gid: u64,
+    pub(super) next_resp_gid: u64,
     /// Fds handed out by accept completions in the last `completions` call.
     pub(super) accepted_now: Vec<RawFd>,
     pub(super) violations: RefCell<Vec<Violation>>,
@@ -129,7 +134,7 @@ impl SimDriver {
         rng: Rng,
         k: &Knobs,
         trace: SharedTrace,
-        listeners: Vec<RawFd>,
+        listeners: Vec<(RawFd, (Proto, u8))>,
     ) -> Self {
         let n = k.recv_buffers as usize;
         SimDriver {
@@ -149,11 +154,13 @@ impl SimDriver {
             buf_len: vec![0; n],
             buf_state: vec![BufState::Kernel; n],
             free: (0..n as u16).collect(),
-            listeners,
+            roles: listeners.iter().map(|l| l.1).collect(),
+            listeners: listeners.iter().map(|l| l.0).collect(),
             socks: BTreeMap::new(),
             closed_fds: BTreeSet::new(),
             peers: Vec::new(),
             next_gid: (w as u64) * 1000,
+            next_resp_gid: (w as u64) * 1000 + RESP_GID_OFFSET,
             accepted_now: Vec::new(),
             violations: RefCell::new(Vec::new()),
             cov: Coverage::default(),

@@ -9,6 +9,8 @@ use super::rng::Rng;
 pub(super) struct Knobs {
     pub(super) workers: usize,
     pub(super) publish_listener: bool,
+    /// Each worker also listens for RESP, and some peers speak it.
+    pub(super) resp_listener: bool,
     pub(super) max_frame: usize,
     pub(super) queue_max: usize,
     pub(super) close_timeout_ms: u64,
@@ -41,6 +43,7 @@ impl Knobs {
         Knobs {
             workers: if rng.chance(300) { 2 } else { 1 },
             publish_listener: rng.chance(150),
+            resp_listener: rng.chance(300),
             max_frame: rng.range(64, 160) as usize,
             queue_max: rng.pick(&[200, 600, 1500, 4000, 20_000]),
             close_timeout_ms: rng.range(20, 600),
@@ -120,6 +123,9 @@ impl Knobs {
                 "RINGFAN_PUBLISH_LISTEN".to_string(),
                 "127.0.0.1:0".to_string(),
             ));
+        }
+        if self.resp_listener {
+            env.push(("RINGFAN_RESP_LISTEN".to_string(), "127.0.0.1:0".to_string()));
         }
         env
     }

@@ -29,7 +29,10 @@
 //!
 //! Peers connect, publish self-checking lines (some written in two pieces, some over-long), read
 //! fast, slowly or never, FIN at random or after the server's FIN, reset at any point (also in
-//! the backlog, during a blocked flush and right after SHUT_WR).
+//! the backlog, during a blocked flush and right after SHUT_WR). In some runs each worker also
+//! has a RESP listener: its peers send `HELLO 3` and `SUBSCRIBE lines`, then publish their lines
+//! with `PUBLISH lines <line>` (now and then a `PING`, or joining or leaving a side channel),
+//! and read RESP3 (`resp.rs`).
 //!
 //! Checked after every loop turn ([`Sim::check_worker`]), at submission time (in the driver) and
 //! at the end of each run:
@@ -45,7 +48,10 @@
 //! - the server's in-flight flags, cancel counts and subscriber list match the ring;
 //! - every peer's received stream is whole lines, each exactly as published, in order per
 //!   publisher, without gaps under the disconnect policy, never its own with echo off, never from
-//!   a connection that may not publish, nothing after a protocol-error line;
+//!   a connection that may not publish, nothing after a protocol-error line; a RESP peer's
+//!   stream is whole RESP3 values in the order its commands ask for, its `message` payloads pass
+//!   the same line checks (its own lines included, whatever the echo setting), and each of its
+//!   own messages comes right before the reply to its `PUBLISH`;
 //! - after shutdown every connection is freed in bounded time and `turn` returns true, with
 //!   nothing left in flight.
 //!
@@ -54,7 +60,7 @@
 //! `RINGFAN_SIM_SEED_BASE=<first>` choose the seeds the main test runs (for longer soaks).
 //!
 //! Modules: `rng` the seeded PRNG; `knobs` what a seed decides up front; `peer` the fake peers
-//! and their stream checks; `driver` [`SimDriver`] and its `Driver` implementation; `exec` what
+//! and their stream checks; `resp` what RESP peers send and the checks on what they read; `driver` [`SimDriver`] and its `Driver` implementation; `exec` what
 //! the simulated kernel does with a submission; `net` the peers' side of the network; `trace`
 //! events, violations and coverage; `checks` the per-turn and end-of-run invariants; `mutants`
 //! deliberate bugs and the proof that the checks catch them; `tests` the seed sweep, the failed
@@ -68,6 +74,7 @@ mod knobs;
 mod mutants;
 mod net;
 mod peer;
+mod resp;
 mod rng;
 mod tests;
 mod trace;
@@ -88,7 +95,8 @@ use ringfan_ring::Driver;
 
 use crate::config::Config;
 use crate::hub::Shared;
-use crate::worker::Worker;
+use crate::topics::Proto;
+use crate::worker::{ListenFd, Worker};
 
 use checks::Snap;
 use driver::SimDriver;
@@ -198,11 +206,23 @@ impl Sim {
             // and only ever hands their numbers to the driver.
             let open =
                 || -> OwnedFd { std::fs::File::open("/dev/null").expect("/dev/null").into() };
-            let listener = open();
-            let publish = knobs.publish_listener.then(open);
-            let mut fds = vec![listener.as_raw_fd()];
-            fds.extend(publish.as_ref().map(|l| l.as_raw_fd()));
-            let driver = SimDriver::new(id, rng.fork(), &knobs, trace.clone(), fds);
+            let mut listeners = ListenFd::lines(open(), knobs.publish_listener.then(open));
+            if knobs.resp_listener {
+                listeners.push(ListenFd {
+                    fd: open(),
+                    proto: Proto::Resp,
+                    publishers: true,
+                });
+            }
+            // With a publish listener, lines sent on the line listener are never delivered.
+            let roles = listeners
+                .iter()
+                .map(|l| {
+                    let tag = if l.publishers { b'p' } else { b's' };
+                    (l.fd.as_raw_fd(), (l.proto, tag))
+                })
+                .collect();
+            let driver = SimDriver::new(id, rng.fork(), &knobs, trace.clone(), roles);
             mailboxes.push((tx, driver.doorbell()));
             workers.push(Worker::new(
                 id,
@@ -210,7 +230,7 @@ impl Sim {
                 driver,
                 shared.clone(),
                 rx,
-                crate::worker::ListenFd::lines(listener, publish),
+                listeners,
             ));
         }
         shared.set_mailboxes(mailboxes);
@@ -231,6 +251,9 @@ impl Sim {
         }
         if knobs.publish_listener {
             cov.bump(Cov::publish_listener);
+        }
+        if knobs.resp_listener {
+            cov.bump(Cov::resp_listener);
         }
         let n = workers.len();
         Sim {

@@ -29,6 +29,8 @@ pub(super) enum Mutant {
     SkipByte,
     /// A whole queued message is dropped.
     DropMessage,
+    /// A queued integer reply (to a RESP peer's PUBLISH) is dropped.
+    DropReply,
 }
 
 impl Sim {
@@ -51,6 +53,7 @@ impl Sim {
                 // Only messages no send in flight points at: the kernel may be reading those.
                 Mutant::SkipByte => c.queue.get(idle_from(c)).is_some_and(|b| b.len() > 1),
                 Mutant::DropMessage => c.queue.len() > idle_from(c),
+                Mutant::DropReply => idle_reply(c).is_some(),
                 Mutant::LoseCancelFinals => false,
             }
         });
@@ -79,6 +82,11 @@ impl Sim {
                 c.queue[i] = c.queue[i].slice(1..);
                 c.queue_bytes -= 1;
             }
+            Mutant::DropReply => {
+                let i = idle_reply(c).expect("an idle reply");
+                let b = c.queue.remove(i).expect("idle reply");
+                c.queue_bytes -= b.len();
+            }
             Mutant::DropMessage => {
                 let i = idle_from(c);
                 let b = c.queue.remove(i).expect("idle message");
@@ -94,6 +102,12 @@ impl Sim {
             .borrow_mut()
             .push(Ev::Note(format!("MUTANT {m:?} applied to w0 slot {slot}")));
     }
+}
+
+/// Index of a queued integer reply the in-flight send (if any) does not point at; never the
+/// head, part of which may be sent already.
+fn idle_reply(c: &crate::conn::Conn) -> Option<usize> {
+    (idle_from(c).max(1)..c.queue.len()).find(|&i| c.queue[i].first() == Some(&b':'))
 }
 
 /// Index of the first queued message the in-flight send (if any) does not point at.
@@ -128,6 +142,7 @@ fn checks_catch_injected_bugs() {
         (Mutant::PhantomCancel, false, &["not-freed"]),
         (Mutant::SkipByte, true, &["stream"]),
         (Mutant::DropMessage, true, &["stream"]),
+        (Mutant::DropReply, true, &["stream"]),
         (
             Mutant::QueueAfterUnsubscribe,
             true,

@@ -3,6 +3,8 @@
 
 use std::os::fd::RawFd;
 
+use crate::topics::Proto;
+
 use super::driver::{BufState, Kind, OpId, SimDriver, Sock};
 use super::peer::{Peer, PeerState, Reader, StreamCtx};
 use super::trace::{Cov, PeerEv};
@@ -76,6 +78,9 @@ impl SimDriver {
             p.fd = Some(fd);
             p.state = PeerState::Open;
             self.cov.bump(Cov::accepted);
+            if p.proto == Proto::Resp {
+                self.cov.bump(Cov::resp_peers);
+            }
             let more = !self.rng.chance(self.k.overflow_pm);
             if !more {
                 self.cq_overflows += 1;
@@ -143,16 +148,20 @@ impl SimDriver {
         self.step = step;
         if arrivals && self.peers.len() < self.k.max_peers && self.rng.chance(self.k.arrive_pm) {
             let listener = self.rng.below(self.listeners.len() as u64) as usize;
-            let tag = if self.listeners.len() > 1 && listener == 0 {
-                b's'
-            } else {
-                b'p'
+            let role = self.roles[listener];
+            let next = match role.0 {
+                Proto::Lines => &mut self.next_gid,
+                Proto::Resp => &mut self.next_resp_gid,
             };
-            let gid = self.next_gid;
-            self.next_gid += 1;
-            let p = Peer::new(gid, listener, tag, step, &mut self.rng);
+            let gid = *next;
+            *next += 1;
+            let p = Peer::new(gid, listener, role, step, &mut self.rng);
             self.peers.push(p);
-            self.peer_ev(self.peers.len() - 1, PeerEv::Arrive, 0);
+            let what = match role.0 {
+                Proto::Lines => PeerEv::Arrive,
+                Proto::Resp => PeerEv::ArriveResp,
+            };
+            self.peer_ev(self.peers.len() - 1, what, 0);
         }
         for i in 0..self.peers.len() {
             // Peers in the backlog act too: a client may write, FIN or reset before its
@@ -204,8 +213,19 @@ impl SimDriver {
         let n = want.min(p.to_peer.len());
         if n > 0 {
             let bytes: Vec<u8> = p.to_peer.drain(..n).collect();
+            let (replies, others, from_resp) = (p.resp.replies, p.resp.others, p.lines_from_resp);
             match p.receive(&bytes, ctx) {
-                Ok(lines) => self.cov.add_n(Cov::lines_checked, lines),
+                Ok(lines) => {
+                    self.cov.add_n(Cov::lines_checked, lines);
+                    if p.proto == Proto::Resp {
+                        self.cov.add_n(Cov::resp_messages_checked, lines);
+                        self.cov.add_n(Cov::resp_replies, p.resp.replies - replies);
+                        self.cov
+                            .add_n(Cov::resp_other_replies, p.resp.others - others);
+                    }
+                    let from_resp = p.lines_from_resp - from_resp;
+                    self.cov.add_n(Cov::resp_lines_to_line_peers, from_resp);
+                }
                 Err(e) => self.violate("stream", e),
             }
             self.peer_ev(i, PeerEv::Read, n);

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::RawFd;
 
+use crate::topics::Proto;
+
 use super::rng::Rng;
 
 /// Longest pad of a normal line: `p<gid>.<seq>.<len>:<pad>\n` stays within 64 bytes.
@@ -37,6 +39,14 @@ pub(super) struct StreamCtx {
     pub(super) max_frame: usize,
 }
 
+/// Peers of worker `w` are numbered from `w * 1000`, RESP peers from `w * 1000 + 500` (a run has
+/// fewer than 500 peers per worker), so a line names the protocol of its publisher.
+pub(super) const RESP_GID_OFFSET: u64 = 500;
+
+pub(super) fn is_resp_gid(gid: u64) -> bool {
+    gid % 1000 >= RESP_GID_OFFSET
+}
+
 /// Pad byte `i` of line `seq` of peer `gid`: lines are self-checking.
 pub(super) fn pad_byte(gid: u64, seq: u64, i: u64) -> u8 {
     b'a' + ((gid * 7 + seq * 13 + i) % 26) as u8
@@ -55,6 +65,8 @@ pub(super) struct Peer {
     pub(super) listener: usize,
     /// Lines of this peer are delivered only if its listener lets connections publish.
     pub(super) tag: u8,
+    /// What it speaks: lines, or RESP3 (see `resp.rs`).
+    pub(super) proto: Proto,
     pub(super) fd: Option<RawFd>,
     pub(super) state: PeerState,
 
@@ -87,14 +99,55 @@ pub(super) struct Peer {
     pub(super) err_seen: bool,
     pub(super) last_seq: BTreeMap<u64, u64>,
     pub(super) lines: u64,
+    /// Lines of RESP peers read by this line peer.
+    pub(super) lines_from_resp: u64,
+    /// RESP: how far its stream got (`HELLO` reply, subscribe confirmation, `PUBLISH` replies).
+    pub(super) resp: RespRx,
+}
+
+/// A RESP peer's conversation: what its commands asked for and what it has read.
+#[derive(Debug, Default)]
+pub(super) struct RespRx {
+    /// The reply (or confirmation push) each command sent asks for, oldest first.
+    pub(super) expect: VecDeque<Expect>,
+    /// Its subscription to the lines topic was confirmed: messages may come.
+    pub(super) confirmed: bool,
+    /// `PUBLISH` replies read (reply k answers line k).
+    pub(super) replies: u64,
+    /// Answers read to `PING` and to (un)subscribing the side channel.
+    pub(super) others: u64,
+    /// It holds the side channel, as of the commands it sent.
+    pub(super) side: bool,
+    /// Odds (per mille) that a command it sends is not a `PUBLISH` but `SUBSCRIBE` or
+    /// `UNSUBSCRIBE` of the side channel, or `PING`.
+    pub(super) other_pm: u32,
+}
+
+/// What a RESP peer expects for one command it sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Expect {
+    Hello,
+    /// The confirmation push of `(un)subscribe` of this channel, with this count.
+    Subscribed(&'static [u8], i64),
+    Unsubscribed(&'static [u8], i64),
+    Pong,
+    /// The reply to `PUBLISH` of line k.
+    Published(u64),
 }
 
 impl Peer {
-    pub(super) fn new(gid: u64, listener: usize, tag: u8, step: u32, rng: &mut Rng) -> Self {
-        Peer {
+    pub(super) fn new(
+        gid: u64,
+        listener: usize,
+        (proto, tag): (Proto, u8),
+        step: u32,
+        rng: &mut Rng,
+    ) -> Self {
+        let mut p = Peer {
             gid,
             listener,
             tag,
+            proto,
             fd: None,
             state: PeerState::Backlog,
             publish_pm: rng.pick(&[0, 30, 150, 500, 900]),
@@ -127,7 +180,16 @@ impl Peer {
             err_seen: false,
             last_seq: BTreeMap::new(),
             lines: 0,
+            lines_from_resp: 0,
+            resp: RespRx::default(),
+        };
+        if proto == Proto::Resp {
+            // A RESP peer never sends an over-long line: its commands are well-formed.
+            p.overlong_pm = 0;
+            p.resp.other_pm = rng.pick(&[0, 0, 50, 300]);
+            p.write_handshake(rng);
         }
+        p
     }
 
     pub(super) fn write_line(&mut self, rng: &mut Rng, max_frame: usize) {
@@ -135,7 +197,9 @@ impl Peer {
             let rest = std::mem::take(&mut self.partial);
             self.inbound.extend(rest);
         }
-        let line = if rng.chance(self.overlong_pm) {
+        let line = if self.proto == Proto::Resp {
+            self.next_command(rng)
+        } else if rng.chance(self.overlong_pm) {
             self.sent_overlong = true;
             let mut v = vec![b'X'; max_frame + rng.range(0, max_frame as u64) as usize];
             v.push(b'\n');
@@ -154,9 +218,12 @@ impl Peer {
         }
     }
 
-    /// Takes bytes the peer read; checks every line they complete.
+    /// Takes bytes the peer read; checks every line (or RESP value) they complete.
     pub(super) fn receive(&mut self, bytes: &[u8], ctx: &StreamCtx) -> Result<u64, String> {
         self.rx.extend_from_slice(bytes);
+        if self.proto == Proto::Resp {
+            return self.receive_resp(ctx);
+        }
         let mut checked = 0;
         while let Some(nl) = self.rx.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.rx.drain(..=nl).collect();
@@ -202,7 +269,8 @@ impl Peer {
                 shown()
             ));
         }
-        if !ctx.echo && gid == who {
+        // RINGFAN_ECHO concerns line clients only: a RESP subscriber gets its own messages.
+        if !ctx.echo && gid == who && self.proto == Proto::Lines {
             return Err(format!(
                 "peer {who} received its own line {:?} with RINGFAN_ECHO=0",
                 shown()
@@ -222,6 +290,9 @@ impl Peer {
         }
         self.last_seq.insert(gid, seq);
         self.lines += 1;
+        if self.proto == Proto::Lines && is_resp_gid(gid) {
+            self.lines_from_resp += 1;
+        }
         Ok(())
     }
 }

@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use ringfan_ring::{Driver, Op, UserData};
 
+use crate::topics::Proto;
+
 use super::driver::{SimDriver, Sock};
 use super::knobs::Knobs;
 use super::net::FD_BASE;
@@ -88,11 +90,21 @@ fn seeds() {
 /// `RINGFAN_SIM_SEED_BASE` lies outside the default sweep). When a seed fails: replay it
 /// (`RINGFAN_SIM_SEED`), fix the bug, add `(seed, "what broke")` here.
 ///
-/// Empty so far: no failed seed was recorded in the history of the simulated ring (its commit
-/// messages and diffs name none). A seed names a scenario only while the simulation draws its
-/// random numbers in the same order: after a change that adds or moves a draw, check with
-/// `RINGFAN_SIM_TRACE=1` that each seed here still reaches the path it was kept for.
-const REGRESSION_SEEDS: &[(u64, &str)] = &[];
+/// A seed names a scenario only while the simulation draws its random numbers in the same
+/// order: after a change that adds or moves a draw, check with `RINGFAN_SIM_TRACE=1` that each
+/// seed here still reaches the path it was kept for.
+const REGRESSION_SEEDS: &[(u64, &str)] = &[
+    (
+        122,
+        "a RESP subscriber evicted by the fan-out of its own PUBLISH went on with the rest of \
+         the buffer; its UNSUBSCRIBE panicked the worker",
+    ),
+    (
+        597,
+        "a RESP subscriber evicted by the fan-out its SUBSCRIBE runs first (a line published \
+         earlier in the turn) still joined the topic: bookkeeping broken",
+    ),
+];
 
 /// Fresh driver for direct tests: one accepted connection on `fd`.
 fn lone_driver() -> (SimDriver, RawFd) {
@@ -104,8 +116,9 @@ fn lone_driver() -> (SimDriver, RawFd) {
         events: VecDeque::new(),
         all: false,
     }));
-    let mut d = SimDriver::new(0, rng, &k, trace, vec![3]);
-    d.peers.push(Peer::new(0, 0, b'p', 0, &mut Rng::new(2)));
+    let mut d = SimDriver::new(0, rng, &k, trace, vec![(3, (Proto::Lines, b'p'))]);
+    d.peers
+        .push(Peer::new(0, 0, (Proto::Lines, b'p'), 0, &mut Rng::new(2)));
     let fd = FD_BASE;
     d.socks.insert(
         fd,

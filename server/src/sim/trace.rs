@@ -18,6 +18,8 @@ pub(super) const TRACE_KEEP: usize = 30;
 #[derive(Clone, Copy, Debug)]
 pub(super) enum PeerEv {
     Arrive,
+    /// A peer that speaks RESP arrived.
+    ArriveResp,
     Publish,
     Overlong,
     Read,
@@ -185,6 +187,12 @@ coverage!(
     runs,
     two_workers,
     publish_listener,
+    resp_listener,
+    resp_peers,
+    resp_replies,
+    resp_other_replies,
+    resp_messages_checked,
+    resp_lines_to_line_peers,
     steps,
     turns,
     accepted,

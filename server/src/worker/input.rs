@@ -204,6 +204,15 @@ impl<D: Driver> Worker<D> {
         }
         self.driver.recycle(id);
         for input in inputs.drain(..) {
+            // A fan-out run by an earlier command of this buffer (a subscriber's own PUBLISH, a
+            // (un)subscribe delivering the turn's batch first) may have evicted the connection:
+            // what it sent after that is not carried out, as Redis stops reading a client it is
+            // closing. Its session ran ahead of the worker: an UNSUBSCRIBE here would leave a
+            // topic the eviction already left, a SUBSCRIBE join one for a connection that will
+            // never leave it again.
+            if self.conns[slot].write != WriteHalf::Subscribed {
+                break;
+            }
             self.apply_input(slot, input);
         }
         self.inputs = inputs;

@@ -15,6 +15,7 @@ use ringfan_protocol::resp::{encode, Kind, Query};
 use ringfan_ring::Driver;
 
 use super::Worker;
+use crate::lifecycle::WriteHalf;
 use crate::topics::{Message, Sub};
 
 impl<D: Driver> Worker<D> {
@@ -53,6 +54,9 @@ impl<D: Driver> Worker<D> {
         if !self.batch.is_empty() {
             self.fan_out_batch();
         }
+        if self.evicted_by_fan_out(slot) {
+            return;
+        }
         let mut interest = self.shared.interest_mut(self.id);
         for topic in topics {
             let pos = self.index.join(kind, topic, slot);
@@ -81,6 +85,9 @@ impl<D: Driver> Worker<D> {
         if !self.batch.is_empty() {
             self.fan_out_batch();
         }
+        if self.evicted_by_fan_out(slot) {
+            return;
+        }
         for topic in topics {
             let subs = &mut self.conns[slot].subs;
             let i = subs
@@ -90,6 +97,13 @@ impl<D: Driver> Worker<D> {
             let sub = subs.swap_remove(i);
             self.leave_one(slot, sub);
         }
+    }
+
+    /// True if the fan-out just run evicted `slot` (what it was sent did not fit its queue):
+    /// its subscription has ended and it left every topic, so a join would make it a member no
+    /// one removes (it outlives the connection) and a leave would find the topic gone.
+    fn evicted_by_fan_out(&self, slot: usize) -> bool {
+        self.conns[slot].write != WriteHalf::Subscribed
     }
 
     /// Leaves every topic (the connection's subscription has ended).
