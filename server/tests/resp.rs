@@ -371,9 +371,12 @@ fn slow_resp_subscriber_is_evicted_but_a_publisher_never_is() {
         1.0,
         "the publisher was evicted"
     );
-    // Reading its replies lets it go on to the end.
-    let replies = mute.frames(40_000).unwrap();
-    assert_eq!(replies.len(), 40_000 * 4);
+    // Reading its replies lets it go on to the end (in parts: each part gets its own time
+    // limit, so a loaded machine does not fail it).
+    for _ in 0..8 {
+        let replies = mute.frames(5_000).unwrap();
+        assert_eq!(replies, b":0\r\n".repeat(5_000));
+    }
     assert!(writer.join().unwrap(), "the publisher's writes failed");
     drop((stalled, reader, publisher, mute));
     server.assert_clean(0, Duration::from_secs(5), "after eviction");

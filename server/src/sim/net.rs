@@ -152,6 +152,7 @@ impl SimDriver {
             let next = match role.0 {
                 Proto::Lines => &mut self.next_gid,
                 Proto::Resp => &mut self.next_resp_gid,
+                Proto::WebSocket => unreachable!("the simulated ring opens no WebSocket listener"),
             };
             let gid = *next;
             *next += 1;
@@ -160,6 +161,7 @@ impl SimDriver {
             let what = match role.0 {
                 Proto::Lines => PeerEv::Arrive,
                 Proto::Resp => PeerEv::ArriveResp,
+                Proto::WebSocket => unreachable!("the simulated ring opens no WebSocket listener"),
             };
             self.peer_ev(self.peers.len() - 1, what, 0);
         }
