@@ -268,6 +268,10 @@ fn three_nodes_share_topics_in_publisher_order() {
         .iter()
         .map(|n| Client::connect(n.addr()))
         .collect();
+    let mut ws_readers: Vec<TcpStream> = nodes[1..]
+        .iter()
+        .map(|n| ws_upgrade(n.printed("ringfan websocket on ").parse().unwrap(), "/"))
+        .collect();
     {
         let mut all: Vec<&mut redis::Conn> = subs_t.iter_mut().collect();
         until_routed(&mut resp_pub, b"t", &mut all);
@@ -279,6 +283,9 @@ fn three_nodes_share_topics_in_publisher_order() {
     // The line readers got the lines probes too: skip up to the last one.
     for r in line_readers.iter_mut() {
         while r.expect_line(secs(5), "probe") != b"last-probe\n" {}
+    }
+    for w in ws_readers.iter_mut() {
+        while ws_read_frame(w) != (1, b"last-probe".to_vec()) {}
     }
     for i in 0..N {
         publish(&mut resp_pub, b"t", format!("resp {i}").as_bytes());
@@ -303,6 +310,12 @@ fn three_nodes_share_topics_in_publisher_order() {
                 r.expect_line(secs(5), "line"),
                 format!("line {i}\n").into_bytes()
             );
+        }
+    }
+    for w in ws_readers.iter_mut() {
+        for i in 0..N {
+            let want = (1, format!("line {i}").into_bytes());
+            assert_eq!(ws_read_frame(w), want, "WebSocket, across nodes");
         }
     }
     // NATS carried each message once to each interested node: node 1 published N on `t` and

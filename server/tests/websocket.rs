@@ -122,21 +122,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 
 /// Connects and upgrades on `/t`; returns the socket with the 101 read.
 fn upgraded(ws: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(ws).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(UPGRADE).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed during the upgrade");
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101 "),
-        "{:?}",
-        String::from_utf8_lossy(&head)
-    );
-    s
+    ws_upgrade(ws, "/t")
 }
 
 /// A masked client frame.

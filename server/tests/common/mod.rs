@@ -1199,3 +1199,51 @@ pub fn scrape_text(addr: &str) -> String {
 pub fn metrics_url(server: &Server) -> String {
     server.printed("ringfan metrics on ")
 }
+
+// ---------------------------------------------------------------------------------------------
+// A minimal WebSocket client: exact bytes, no library hiding them.
+
+/// Connects to `addr` and upgrades on `path`; returns the socket with the 101 read.
+pub fn ws_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed during the upgrade");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// The next server frame (unmasked): its opcode and payload.
+pub fn ws_read_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).expect("a frame header");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut l = [0u8; 2];
+            s.read_exact(&mut l).unwrap();
+            u16::from_be_bytes(l) as usize
+        }
+        127 => {
+            let mut l = [0u8; 8];
+            s.read_exact(&mut l).unwrap();
+            u64::from_be_bytes(l) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).expect("a frame payload");
+    (head[0] & 0x0f, payload)
+}
