@@ -245,12 +245,7 @@ impl<D: Driver> Worker<D> {
         conn.send_bytes = 0;
         self.stats.bytes_out += sent as u64;
         conn.advance(sent);
-        if conn.queue_bytes == 0 {
-            // Drained: an idle connection keeps no queue or send buffers (one allocation each
-            // when it next sends, against a few hundred bytes held by every idle connection).
-            conn.queue = Default::default();
-            conn.send = None;
-        }
+
         conn.sent_total += sent as u64;
         if sent > 0 {
             conn.last_send_progress = Some(self.now);
