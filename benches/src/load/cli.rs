@@ -94,12 +94,12 @@ impl Config {
 
     /// The run's channels, patterns and who subscribes to which (see `topics.rs`).
     pub fn topics(&self) -> Topics {
-        Topics {
-            channels: self.topics,
-            per_sub: self.topic_subs,
-            patterns: self.patterns,
-            subscribers: self.subscribers as u32,
-        }
+        Topics::new(
+            self.topics,
+            self.topic_subs,
+            self.patterns,
+            self.subscribers as u32,
+        )
     }
 }
 
@@ -129,7 +129,9 @@ General:
                                if the server's lines topic is NAME: RINGFAN_LINES_TOPIC)
   --topics K                   redis, nats: K channels `<channel>.<j>`, j = 0..K-1 (default 1:
                                just `<channel>`, as without this flag); each publisher sends
-                               its messages round-robin over them, one channel after the next.
+                               its messages round-robin over them, visiting channel c*S mod K
+                               c-th, S the first number above T coprime with K, so that
+                               consecutive messages reach different subscribers
                                Refused with ringfan and ws: lines have no channels
   --topic-subs T               redis, nats: channels each subscriber takes, 1..=K (default 1):
                                subscriber i subscribes to channels (i*T + t) mod K for

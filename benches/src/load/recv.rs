@@ -862,12 +862,7 @@ mod tests {
     }
 
     fn topics(k: u32, t: u32, p: u32, n: u32) -> Topics {
-        Topics {
-            channels: k,
-            per_sub: t,
-            patterns: p,
-            subscribers: n,
-        }
+        Topics::new(k, t, p, n)
     }
 
     /// Loss, expected deliveries and misrouting are exact, with one channel and with many,

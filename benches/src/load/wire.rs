@@ -474,12 +474,7 @@ mod tests {
     }
 
     fn topics(k: u32, t: u32, p: u32, n: u32) -> Topics {
-        Topics {
-            channels: k,
-            per_sub: t,
-            patterns: p,
-            subscribers: n,
-        }
+        Topics::new(k, t, p, n)
     }
 
     /// With one channel the frames are byte for byte what they were before topics; with K the
