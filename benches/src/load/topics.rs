@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(Topics::pattern("news", 3), b"news.nomatch.3.*");
     }
 
-    /// The brief's example: N = 1000, K = 10000, T = 100 gives 10 subscribers per channel;
+    /// bench.sh's Topics shape: N = 1000, K = 10000, T = 100 gives 10 subscribers per channel;
     /// and smaller shapes, including T = K and K not a multiple of T.
     #[test]
     fn every_channel_gets_n_t_over_k_subscribers() {
