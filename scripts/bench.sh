@@ -5,8 +5,15 @@
 # (ringfan-load) pinned to the other core(s). Prints Markdown tables on stdout, progress on
 # stderr.
 #
-#   scripts/bench.sh [--quick] [--runs R] [--secs D] [--servers "ringfan tokio redis nats"]
+#   scripts/bench.sh [--quick] [--runs R] [--secs D] [--servers "ringfan ringfan-ws ringfan-resp tokio redis nats"]
 #                    [--subs "100 1000 10000"] [--sizes "64 1024"] [--tool ringfan-load|tcpkali|both]
+#
+# Servers: `ringfan` (its line protocol), `ringfan-ws` (ringfan's WebSocket listener,
+# RINGFAN_WS_LISTEN: subscribers upgrade on / and receive each line as a frame, the publisher
+# sends lines; ringfan-load --proto ws), `ringfan-resp` (ringfan's Redis-protocol listener,
+# RINGFAN_RESP_LISTEN, driven by exactly the command lines that drive `redis`), `tokio`,
+# `redis`, `nats`. The default is all six. ringfan-ws runs with RINGFAN_WS_PING_INTERVAL_MS=0
+# (tcpkali does not answer pings).
 #
 # --tool tcpkali: the same servers, N and S with tcpkali (https://github.com/satori-com/tcpkali,
 # when it is on PATH; otherwise bench.sh says how to get it and uses ringfan-load) as the
@@ -14,9 +21,9 @@
 # receive path (libev, one 16 KiB read() per readiness) costs more per byte than ringfan-load's
 # io_uring one. --tool both: both tables. See "tcpkali tables" below.
 #
-# --quick: N = 1000, S = 64, 1.5 s per run, unbatched at N = 1000, no metrics on/off (under two
-# minutes). FIXED_DELIVERIES=D in the
-# environment sets the fixed rate (deliveries/s in total) for every configuration.
+# --quick: N = 1000, S = 64, 1.5 s per run, one run per configuration (unless --runs), unbatched
+# at N = 1000, no metrics on/off, the Topics table at one run each (a few minutes). FIXED_DELIVERIES=D
+# in the environment sets the fixed rate (deliveries/s in total) for every configuration.
 #
 # Every server is started fresh for every run, on free ports of 127.0.0.1, and stopped after it.
 #
@@ -52,6 +59,19 @@
 # and N = 5000 at 20 msgs/s, 64 B); and scripts/metrics-overhead.sh (ringfan with metrics off
 # and on).
 #
+# Topics table (ringfan-resp and redis, pinned as the main table, 64 B, one publisher at a fixed
+# rate, TOPICS_DELIVERIES = 200k deliveries/s in total by default): (a) 1 channel x N = 1000
+# subscribers (200 msgs/s); (b) K = 10000 channels, 1000 connections each subscribed to T = 100
+# of them, so 10 subscribers per channel (20k msgs/s over all channels); (c) (b) plus 100
+# patterns that match no channel (ringfan-load --patterns 100, spread over the subscribers: one
+# glob match per published message and pattern). Server CPU per delivery, its ratio to the same
+# server's (a), p99 latency, lost; and the RSS per idle connection in (b) (each holding 100
+# channels).
+#
+# Ratios table: ringfan-resp / redis and ringfan-ws / ringfan (lines), per (N, S) of the main
+# table: delivered msgs/s at max rate, server CPU per delivery at the fixed rate, RSS per idle
+# connection (medians).
+#
 # Redis and NATS come from Debian (apt-get install redis-server nats-server); a server that is
 # not installed is skipped with a note saying so. Everything listens on 127.0.0.1.
 set -euo pipefail
@@ -61,7 +81,8 @@ usage() { echo "usage: scripts/bench.sh [--quick] [--runs R] [--secs D] [--serve
 quick=0
 runs=2
 secs=""
-servers="ringfan tokio redis nats"
+servers="ringfan ringfan-ws ringfan-resp tokio redis nats"
+runs_given=0
 subs_opt=""
 sizes_opt=""
 tool=ringfan-load
@@ -69,7 +90,7 @@ args="$*"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick=1 ;;
-        --runs) [ $# -ge 2 ] || usage; runs=$2; shift ;;
+        --runs) [ $# -ge 2 ] || usage; runs=$2; runs_given=1; shift ;;
         --secs) [ $# -ge 2 ] || usage; secs=$2; shift ;;
         --servers) [ $# -ge 2 ] || usage; servers=$2; shift ;;
         --subs) [ $# -ge 2 ] || usage; subs_opt=$2; shift ;;
@@ -89,6 +110,7 @@ fi
 [ "$runs" -ge 1 ] || usage
 if [ "$quick" = 1 ]; then
     subs_list="1000"; sizes="64"; secs=${secs:-1.5}; warmup=0.5; unbatched_subs=1000; idle_secs=0.5
+    [ "$runs_given" = 1 ] || runs=1
 else
     subs_list="100 1000 10000"; sizes="64 1024"; secs=${secs:-5}; warmup=1; unbatched_subs=5000; idle_secs=2
 fi
@@ -131,16 +153,20 @@ trap 'exit 130' INT TERM
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-# Port printed on stdout as "... listening on 127.0.0.1:PORT" (ringfan, tokio-fanout, fanout-sink).
-wait_listening() {
+# wait_printed TEXT: waits (bounded) for the server's stdout line "... TEXT HOST:PORT" and
+# prints PORT (ringfan: "listening on", "resp on", "websocket on").
+wait_printed() {
+    local p
     for _ in $(seq 200); do
-        port=$(sed -n 's/.* listening on .*:\([0-9][0-9]*\)$/\1/p' "$tmp/out" | head -1)
-        [ -n "$port" ] && return 0
+        p=$(sed -n "s/.* $1 .*:\([0-9][0-9]*\)\$/\1/p" "$tmp/out" | head -1)
+        [ -n "$p" ] && { echo "$p"; return 0; }
         kill -0 "$server_pid" 2>/dev/null || return 1
         sleep 0.05
     done
     return 1
 }
+# Port printed on stdout as "... listening on 127.0.0.1:PORT" (ringfan, tokio-fanout, fanout-sink).
+wait_listening() { port=$(wait_printed "listening on"); }
 
 available() {
     case "$1" in
@@ -164,16 +190,29 @@ mode=pinned
 on_server_cores() { if [ "$mode" = all ]; then exec "$@"; else exec taskset -c 0 "$@"; fi; }
 server_threads() { if [ "$mode" = all ]; then echo "$ncpu"; else echo 1; fi; }
 # start SERVER [SINK_SUBSCRIBERS SINK_SIZE]: starts it (per $mode) in the background; sets
-# server_pid, port and proto.
+# server_pid, port (where publishers write, and subscribers connect but with ws), ws_port (ws:
+# where subscribers upgrade) and proto (ringfan-load's --proto).
 start() {
     : >"$tmp/out"; : >"$tmp/err"
-    local threads; threads=$(server_threads)
+    local threads ws_listen="" resp_listen=""; threads=$(server_threads)
+    ws_port=""
     case "$1" in
-        ringfan) proto=ringfan
+        ringfan|ringfan-ws|ringfan-resp) proto=ringfan
+            # An empty RINGFAN_WS_LISTEN / RINGFAN_RESP_LISTEN leaves that listener off.
+            # Pings off: tcpkali's WebSocket subscribers do not answer them, and would be reset
+            # in runs past the default interval (30 s); ringfan-load answers them either way.
+            [ "$1" = ringfan-ws ] && { proto=ws; ws_listen=127.0.0.1:0; }
+            [ "$1" = ringfan-resp ] && { proto=redis; resp_listen=127.0.0.1:0; }
             # Pinned mode pins with taskset; in mode=all ringfan pins its workers itself.
-            RINGFAN_LISTEN=127.0.0.1:0 RINGFAN_THREADS=$threads RINGFAN_PIN=$([ "$mode" = all ] && echo 1 || echo 0) \
+            RINGFAN_LISTEN=127.0.0.1:0 RINGFAN_WS_LISTEN=$ws_listen RINGFAN_WS_PING_INTERVAL_MS=0 RINGFAN_RESP_LISTEN=$resp_listen \
+                RINGFAN_THREADS=$threads RINGFAN_PIN=$([ "$mode" = all ] && echo 1 || echo 0) \
                 RINGFAN_LOG=warn on_server_cores "$bin/ringfan" >"$tmp/out" 2>"$tmp/err" &
-            server_pid=$!; wait_listening ;;
+            server_pid=$!
+            wait_listening &&
+                case "$1" in
+                    ringfan-ws) ws_port=$(wait_printed "websocket on") ;;
+                    ringfan-resp) port=$(wait_printed "resp on") ;;
+                esac ;;
         tokio) proto=ringfan
             RINGFAN_LISTEN=127.0.0.1:0 RINGFAN_THREADS=$threads \
                 on_server_cores "$bin/tokio-fanout" >"$tmp/out" 2>"$tmp/err" &
@@ -204,7 +243,9 @@ field() { tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"; }
 load() { # runs ringfan-load (on the load cores, per $mode) against the current server; prints its summary line
     local pin=(taskset -c "$load_cpus")
     [ "$mode" = all ] && pin=()
-    "${pin[@]}" "$bin/ringfan-load" --proto "$proto" --addr "127.0.0.1:$port" \
+    local ws=()
+    [ "$proto" = ws ] && ws=(--ws-addr "127.0.0.1:$ws_port")
+    "${pin[@]}" "$bin/ringfan-load" --proto "$proto" --addr "127.0.0.1:$port" "${ws[@]}" \
         --server-pid "$server_pid" --connect-rate 10000 "$@" 2>"$tmp/load.err" || true
 }
 # tcp_mem LINE: "PEAK_PAGES OVER" from a summary line: the machine's TCP memory peak during the
@@ -231,15 +272,16 @@ stats() {
                               m = NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2
                               print m, a[1], a[NR] }'
 }
-# fixed_rate_runs LABEL N S MSGS_PER_S: $runs runs of $server (fresh each time) at a fixed rate;
-# fills the arrays cpu (CPU-s per M deliveries), p50, p99 (µs) and fixed_lost.
+# fixed_rate_runs LABEL N S MSGS_PER_S [ARGS...]: $runs runs of $server (fresh each time) at a
+# fixed rate, ARGS added to ringfan-load's; fills the arrays cpu (CPU-s per M deliveries), p50,
+# p99 (µs) and fixed_lost.
 fixed_rate_runs() {
     local r line
     cpu=(); p50=(); p99=(); fixed_lost=()
     for r in $(seq "$runs"); do
         log "$1, run $r/$runs"
         start "$server" || continue
-        line=$(load --subscribers "$2" --size "$3" --rate "$4" --duration "$secs" --warmup "$warmup" --drain 2)
+        line=$(load --subscribers "$2" --size "$3" --rate "$4" --duration "$secs" --warmup "$warmup" --drain 2 "${@:5}")
         stop
         cpu+=("$(field server_cpu_s_per_m "$line")")
         p50+=("$(field p50_us "$line")"); p99+=("$(field p99_us "$line")")
@@ -278,11 +320,14 @@ results="$tmp/results"
 #   - p50 / p99 latency at the fixed rate of the main table, and N = 5000 at 20 msgs/s:
 #     scripts/tcpkali/fanout-latency.sh (tcpkali's --message-marker; every subscriber's
 #     histogram counted, see that script).
+#   - ringfan-resp is driven as redis; ringfan-ws with tcpkali --websocket subscribers on its
+#     WebSocket listener and a line publisher (PROTO=ws in scripts/tcpkali/), each delivered
+#     message counted as its frame (S-1 payload bytes plus a 2-byte header, 4 from 127 bytes).
 source scripts/tcpkali/common.sh
 # S -> deliveries/s asked of the publisher; TCPKALI_OFFERED_SMALL (S <= 64) and
 # TCPKALI_OFFERED_LARGE in the environment override the defaults.
 tk_offered() { if [ "$1" -le 64 ]; then echo "${TCPKALI_OFFERED_SMALL:-20000000}"; else echo "${TCPKALI_OFFERED_LARGE:-4000000}"; fi; }
-tk_proto() { case "$1" in redis|nats) echo "$1" ;; *) echo line ;; esac; }
+tk_proto() { case "$1" in redis|nats) echo "$1" ;; ringfan-resp) echo redis ;; ringfan-ws) echo ws ;; *) echo line ;; esac; }
 tk_workers() { local n; n=$(taskset -c "$load_cpus" nproc); echo "$n"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 rchar() { awk '/^rchar/ { print $2 }' "/proc/$1/io" 2>/dev/null || echo 0; }
@@ -295,7 +340,7 @@ tcp_sent() { ss -Htin "sport = :$1" 2>/dev/null | awk '{ for (i = 1; i <= NF; i+
 # Bytes the publisher writes per message of PROTO and SIZE (publish_message with an empty prefix).
 tk_pub_bytes() { # PROTO SIZE
     case "$1" in
-        line) echo "$2" ;;
+        line|ws) echo "$2" ;;
         redis) echo $(( 16 + $2 )) ;;
         nats) echo $(( 12 + ${#2} + $2 + 2 )) ;;
     esac
@@ -318,13 +363,16 @@ tk_ramped() {
 # tcpkali's context switches per MB it read, and bytes per read() (rchar / syscr).
 tk_max_rate() {
     local n=$1 size=$2 proto first=() pub_first=() subs pub t0 t1 r0 r1 s0 s1 k0 k1 w0 w1 rate tck
-    local c0 c1 x0 x1 b0 b1 g0 g1
+    local c0 c1 x0 x1 b0 b1 g0 g1 sub_port ws=()
     proto=$(tk_proto "$server")
     [ -n "$(subscribe_message "$proto")" ] && first=(-1 "$(subscribe_message "$proto")")
     [ -n "$(publisher_hello "$proto")" ] && pub_first=(-1 "$(publisher_hello "$proto")")
     rate=$(( $(tk_offered "$size") / n ))
-    taskset -c "$load_cpus" tcpkali -w "$(tk_workers)" -c "$n" --connect-rate 10000 -T 900s -e "${first[@]}" \
-        "127.0.0.1:$port" >"$tmp/tk-subs" 2>&1 &
+    # ws: the subscribers upgrade on the WebSocket listener (path /, the lines topic).
+    sub_port=$port
+    [ "$proto" = ws ] && { sub_port=$ws_port; ws=(--websocket); }
+    taskset -c "$load_cpus" tcpkali -w "$(tk_workers)" -c "$n" --connect-rate 10000 -T 900s "${ws[@]}" -e "${first[@]}" \
+        "127.0.0.1:$sub_port" >"$tmp/tk-subs" 2>&1 &
     subs=$!
     if ! tk_ramped "$tmp/tk-subs" "$subs" 60; then
         log "  tcpkali subscribers did not connect: $(tr '\r' '\n' <"$tmp/tk-subs" | tail -2)"
@@ -335,10 +383,10 @@ tk_max_rate() {
     pub=$!
     sleep "$warmup"
     t0=$(date +%s.%N); r0=$(rchar "$subs"); s0=$(cpu_ticks "$server_pid"); k0=$(cpu_ticks "$subs"); w0=$(wchar "$pub")
-    c0=$(syscr "$subs"); x0=$(ctx_switches "$subs"); read -r b0 g0 < <(tcp_sent "$port")
+    c0=$(syscr "$subs"); x0=$(ctx_switches "$subs"); read -r b0 g0 < <(tcp_sent "$sub_port")
     sleep "$secs"
     t1=$(date +%s.%N); r1=$(rchar "$subs"); s1=$(cpu_ticks "$server_pid"); k1=$(cpu_ticks "$subs"); w1=$(wchar "$pub")
-    c1=$(syscr "$subs"); x1=$(ctx_switches "$subs"); read -r b1 g1 < <(tcp_sent "$port")
+    c1=$(syscr "$subs"); x1=$(ctx_switches "$subs"); read -r b1 g1 < <(tcp_sent "$sub_port")
     kill "$pub" "$subs" 2>/dev/null || true; wait "$pub" "$subs" 2>/dev/null || true
     tck=$(getconf CLK_TCK)
     awk -v r=$((r1 - r0)) -v b="$(delivered_bytes "$proto" "$size")" -v s=$((s1 - s0)) -v k=$((k1 - k0)) \
@@ -351,7 +399,7 @@ tk_max_rate() {
 # tk_latency N S MSGS_PER_S: "p50_us p99_us" from scripts/tcpkali/fanout-latency.sh (na if none).
 tk_latency() {
     local line
-    line=$(PROTO=$(tk_proto "$server") ADDR="127.0.0.1:$port" N=$1 SIZE=$2 RATE=$3 DURATION=${secs%.*} \
+    line=$(PROTO=$(tk_proto "$server") ADDR="127.0.0.1:$port" WS_ADDR="127.0.0.1:${ws_port:-0}" N=$1 SIZE=$2 RATE=$3 DURATION=${secs%.*} \
         taskset -c "$load_cpus" scripts/tcpkali/fanout-latency.sh 2>/dev/null |
         grep -a "latency at percentiles" | tail -1) || true # no figure (e.g. the ramp failed): na
     # "Message latency at percentiles: 0.3/0.4/0.8/3.1 ms (50/90/99/99.9%)"
@@ -420,6 +468,8 @@ tcpkali_tables() {
             "$(na_pct "$sbm")" "$(na_pct "$kbm")" "$(fmt_int "$segm")" "$wakem" "$(fmt_int "$rdm")" \
             "$(fmt_us "$p50m")" "$(fmt_us "$p99m")" "$(fmt_int "$rate")"
     done <"$tmp/tk-results"
+    echo
+    echo "ringfan-ws: tcpkali --websocket subscribers on ringfan's WebSocket listener (path /), a line publisher; a delivered message is its frame (S-1 payload bytes and a 2-byte header, 4 from 126). ringfan-resp: ringfan's Redis-protocol listener, driven exactly as redis."
     echo
     echo "Unbatched with tcpkali: N = $unbatched_subs subscribers, $unbatched_rate msgs/s, 64 B:"
     echo
@@ -505,6 +555,41 @@ for size in $sizes; do
     done
 done
 
+# ---- topics: ringfan-resp and redis, pinned, fixed rate, 64 B ----------------------------------
+topics_servers=""
+for s in $available_servers; do
+    case "$s" in ringfan-resp|redis) topics_servers="$topics_servers $s" ;; esac
+done
+topics_deliveries=${TOPICS_DELIVERIES:-200000}
+topics_n=1000
+# LABEL:K:T:P (channels, channels per connection, patterns); (b) is also measured idle.
+topics_cfgs="a:1:1:0 b:10000:100:0 c:10000:100:100"
+declare -A topics
+for server in $topics_servers; do
+    for c in $topics_cfgs; do
+        IFS=: read -r lab k t p <<<"$c"
+        # Each message reaches N*T/K subscribers: the same deliveries/s in every configuration.
+        rate=$(( topics_deliveries * k / (topics_n * t) ))
+        fixed_rate_runs "topics ($lab): $server K=$k T=$t P=$p $rate msgs/s" "$topics_n" 64 "$rate" \
+            --topics "$k" --topic-subs "$t" --patterns "$p"
+        read -r cm cl ch < <(stats "${cpu[@]}")
+        read -r pm _ _ < <(stats "${p99[@]}")
+        read -r _ _ lostmax < <(stats "${fixed_lost[@]}")
+        topics[$server,$lab]="$cm $cl $ch $pm $lostmax $rate"
+    done
+    vals=()
+    for r in $(seq "$runs"); do
+        log "topics idle RSS (b): $server N=$topics_n K=10000 T=100 run $r/$runs"
+        start "$server" || continue
+        sleep 0.3
+        line=$(load --scenario idle --subscribers "$topics_n" --topics 10000 --topic-subs 100 --duration "$idle_secs")
+        stop
+        vals+=("$(field rss_per_conn_bytes "$line")")
+    done
+    read -r med lo hi < <(stats "${vals[@]}")
+    topics[$server,rss]="$med $lo $hi"
+done
+
 # ---- unbatched: N=unbatched_subs at unbatched_rate msgs/s, S=64 -------------------------------
 declare -A unb
 for server in $available_servers; do
@@ -564,7 +649,30 @@ while IFS='|' read -r server subs size a b c d e f g h rate lostmax notes tm ove
         "$(fmt_cpu "$d")" "$(fmt_cpu "$e")" "$(fmt_cpu "$f")" "$lat" "$rss_cell"
 done <"$results"
 echo
-echo "Max rate: one publisher writing as fast as the server reads; delivered = messages received in the measured window, whenever sent. Fixed rate: one publisher paced in 1 ms ticks. CPU (utime+stime of the server process) is sampled over the measured window only; CPU-s per M deliveries = CPU-µs per delivery. Subscribers disconnected at max rate: the server evicted subscribers that fell behind (the generator could not keep up)."
+echo "Max rate: one publisher writing as fast as the server reads; delivered = messages received in the measured window, whenever sent. Fixed rate: one publisher paced in 1 ms ticks. ringfan-ws: the subscribers over WebSocket (a frame of S-1 payload bytes per message: the line without its newline), the publisher over lines; ringfan-resp: ringfan's Redis-protocol listener, driven exactly as redis. CPU (utime+stime of the server process) is sampled over the measured window only; CPU-s per M deliveries = CPU-µs per delivery. Subscribers disconnected at max rate: the server evicted subscribers that fell behind (the generator could not keep up)."
+# ratio X Y: X / Y to two decimals, n/a unless both are positive numbers.
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (x ~ /^[0-9.]+$/ && y ~ /^[0-9.]+$/ && y > 0) printf "%.2f", x / y; else print "n/a" }'; }
+ratio_rows=""
+for pair in ringfan-resp:redis ringfan-ws:ringfan; do
+    a=${pair%%:*}; b=${pair##*:}
+    [[ " $available_servers " == *" $a "* && " $available_servers " == *" $b "* ]] || continue
+    while IFS='|' read -r server subs size mm _ _ cm _; do
+        [ "$server" = "$a" ] || continue
+        other=$(grep "^$b|$subs|$size|" "$results" | head -1 || true)
+        IFS='|' read -r _ _ _ bmm _ _ bcm _ <<<"$other"
+        read -r ra _ <<<"${rss[$a,$subs]:-na}"
+        read -r rb _ <<<"${rss[$b,$subs]:-na}"
+        ratio_rows+="| $a / $b | $subs | $size | $(ratio "$mm" "${bmm:-}") | $(ratio "$cm" "${bcm:-}") | $(ratio "$ra" "$rb") |"$'\n'
+    done <"$results"
+done
+if [ -n "$ratio_rows" ]; then
+    echo
+    echo "Ratios (medians of the main table; above 1: the first server delivers more, spends more CPU per delivery, holds more memory per connection):"
+    echo
+    echo "| servers | N | S | delivered msgs/s at max rate | server CPU per delivery at fixed rate | RSS per idle connection |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s' "$ratio_rows"
+fi
 echo
 echo "Unbatched: N = $unbatched_subs subscribers, $unbatched_rate msgs/s in total, 64 B (every message is one small send per subscriber):"
 echo
@@ -589,6 +697,34 @@ for c in $allcore_cfgs; do
             "$(fmt_cpu "$cm")" "$(fmt_cpu "$cl")" "$(fmt_cpu "$ch")" "$lat"
     done
 done
+if [ -n "$topics_servers" ]; then
+    echo
+    echo "Topics: $topics_n subscriber connections, 64 B, one publisher at a fixed rate, $(fmt_int "$topics_deliveries") deliveries/s in total in every configuration; each server on core 0 with one thread:"
+    echo
+    echo "| server | configuration | msgs/s published | server CPU-s per M deliveries, median (min–max) | ratio to (a) | p99 latency | lost | RSS per idle connection, median (min–max) |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for server in $topics_servers; do
+        read -r am _ <<<"${topics[$server,a]:-na}"
+        for c in $topics_cfgs; do
+            IFS=: read -r lab k t p <<<"$c"
+            read -r cm cl ch pm lostmax rate <<<"${topics[$server,$lab]:-na na na na na na}"
+            case "$lab" in
+                a) desc="(a) 1 channel, $(fmt_int "$topics_n") subscribers" ;;
+                b) desc="(b) $(fmt_int "$k") channels, $t per connection ($(( topics_n * t / k )) subscribers each)" ;;
+                c) desc="(c) as (b) + $p patterns matching no channel" ;;
+            esac
+            rss_cell=""
+            if [ "$lab" = b ]; then
+                read -r rm rl rh <<<"${topics[$server,rss]:-na na na}"
+                rss_cell="n/a"
+                [ "$rm" != na ] && rss_cell="$(fmt_int "$rm") B ($(fmt_int "$rl")–$(fmt_int "$rh"))"
+            fi
+            printf '| %s | %s | %s | %s (%s–%s) | %s | %s | %s | %s |\n' "$server" "$desc" "$(fmt_int "$rate")" \
+                "$(fmt_cpu "$cm")" "$(fmt_cpu "$cl")" "$(fmt_cpu "$ch")" "$(ratio "$cm" "$am")" "$(fmt_us "$pm")" \
+                "$(fmt_int "$lostmax")" "$rss_cell"
+        done
+    done
+fi
 if [ -n "$metrics_out" ]; then
     echo
     echo "Metrics on/off (ringfan, N = 1000, 2000 msgs/s, 64 B, CPU over the measured window):"

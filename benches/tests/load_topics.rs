@@ -4,79 +4,16 @@
 //! has not been built, e.g. by `cargo build --release -p ringfan`). The runs are short and at a
 //! fixed rate, so every figure checked here is exact: nothing lost, every delivery owed made.
 
-use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Mutex, MutexGuard};
-use std::thread;
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
+use std::{io, thread};
 
-use ringfan_ring::{RingConfig, Uring};
+use common::{command, free_port, io_uring_available, num, run_load, serial, skip, Proc};
 use ringfan_testkit::{tcp_states, wait_until};
-
-const LOAD: &str = env!("CARGO_BIN_EXE_ringfan-load");
-
-/// The machine may have 2 cores: the runs against servers take turns.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Bypasses libtest's capture so a skip is always visible.
-fn skip(why: &str) {
-    let _ = writeln!(io::stderr(), "SKIP: {why}");
-}
-
-/// The load generator's subscribers receive on io_uring: without it there is nothing to test.
-fn io_uring_available() -> bool {
-    let cfg = RingConfig {
-        sq_entries: 8,
-        cq_entries: 16,
-        recv_buffers: 8,
-        recv_buffer_bytes: 4096,
-    };
-    match Uring::new(&cfg) {
-        Ok(_) => true,
-        Err(e) => {
-            skip(&format!("io_uring unavailable: {e}"));
-            false
-        }
-    }
-}
-
-/// A child process killed when dropped (and by the kernel if this test process dies).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn command(program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.stdin(Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd
-}
-
-/// A port free on 127.0.0.1 a moment ago (the server that binds it next may still lose a race;
-/// the callers retry).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
-}
 
 /// Waits until the kernel shows a listener on `port` and it answers a RESP PING.
 fn wait_resp_ready(port: u16, deadline: Instant) -> bool {
@@ -128,97 +65,17 @@ fn start_redis() -> Option<(Proc, SocketAddr)> {
 /// ringfan with its RESP listener on a free port. None (after saying why) if the binary was
 /// not built next to ringfan-load.
 fn start_ringfan() -> Option<(Proc, SocketAddr)> {
-    let bin: PathBuf = PathBuf::from(LOAD).with_file_name("ringfan");
-    if !bin.exists() {
-        skip(&format!(
-            "{} is not built (cargo build --release -p ringfan); ringfan's RESP listener not tested",
-            bin.display()
-        ));
-        return None;
-    }
-    let mut cmd = command(bin.to_str().expect("a UTF-8 path"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("RINGFAN_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("RINGFAN_LISTEN", "127.0.0.1:0")
-        .env("RINGFAN_RESP_LISTEN", "127.0.0.1:0")
-        .env("RINGFAN_PIN", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = Proc(cmd.spawn().expect("cannot start ringfan"));
-    let (tx, rx) = mpsc::channel();
-    let out = child.0.stdout.take().unwrap();
-    thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    // Bounded: each wait ends at the deadline.
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("ringfan printed no `ringfan resp on ADDR` line within 10 s");
-        if let Some(addr) = line.strip_prefix("ringfan resp on ") {
-            let addr: SocketAddr = addr.trim().parse().expect("the RESP address");
-            assert!(
-                wait_resp_ready(addr.port(), deadline),
-                "ringfan's RESP PING"
-            );
-            return Some((child, addr));
-        }
-    }
-}
-
-/// The exit status and the summary's key=value pairs of one ringfan-load run (killed after
-/// `timeout`).
-fn run_load(args: &[&str], timeout: Duration) -> (Option<i32>, HashMap<String, String>, String) {
-    let mut child = Proc(
-        command(LOAD)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start ringfan-load"),
-    );
-    let mut so = child.0.stdout.take().unwrap();
-    let mut se = child.0.stderr.take().unwrap();
-    let t_out = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let t_err = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let mut code = None;
-    let exited = wait_until(deadline, || match child.0.try_wait() {
-        Ok(Some(st)) => {
-            code = st.code();
-            true
-        }
-        _ => false,
-    });
-    drop(child);
-    let (stdout, stderr) = (t_out.join().unwrap(), t_err.join().unwrap());
+    let env = [
+        ("RINGFAN_LISTEN", "127.0.0.1:0"),
+        ("RINGFAN_RESP_LISTEN", "127.0.0.1:0"),
+    ];
+    let (child, addrs) = common::start_ringfan(&env, &["ringfan resp on "])?;
+    let addr = addrs[0];
     assert!(
-        exited,
-        "ringfan-load {args:?} ran past {timeout:?}\n{stderr}"
+        wait_resp_ready(addr.port(), Instant::now() + Duration::from_secs(10)),
+        "ringfan's RESP PING"
     );
-    let summary = stdout
-        .split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    (code, summary, stderr)
+    Some((child, addr))
 }
 
 /// One RESP command's reply, flattened into its scalar values (bulk strings, integers).
@@ -262,13 +119,6 @@ fn server_view(addr: SocketAddr, channels: &[String]) -> Option<(u64, Vec<u64>)>
     let numsub = resp_call(addr, &args).ok()?;
     let per_channel = numsub.chunks(2).map(|kv| kv[1].parse().unwrap_or(0));
     Some((numpat.first()?.parse().ok()?, per_channel.collect()))
-}
-
-fn num(summary: &HashMap<String, String>, key: &str) -> u64 {
-    summary
-        .get(key)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("summary has no integer {key}: {summary:?}"))
 }
 
 /// N = 20 subscribers, K = 10 channels, T = 3 each (6 per channel), P = 4 patterns, two

@@ -7,6 +7,18 @@ host=${ADDR%:*}
 port=${ADDR##*:}
 
 case "$port" in ''|*[!0-9]*) echo "ADDR must be HOST:PORT (got '$ADDR')" >&2; exit 2 ;; esac
+
+# PROTO=ws (scripts that take it): the subscribers connect to WS_ADDR, the server's WebSocket
+# listener (ringfan: RINGFAN_WS_LISTEN), with tcpkali --websocket; the publisher sends lines to
+# ADDR. ws_args is what the subscribers' tcpkali adds, sub_addr where they connect.
+sub_addr=$ADDR
+ws_args=()
+if [ "${PROTO:-line}" = ws ]; then
+    WS_ADDR=${WS_ADDR:-}
+    case "${WS_ADDR##*:}" in ''|*[!0-9]*|0) echo "PROTO=ws needs WS_ADDR=HOST:PORT, the server's WebSocket listener (got '$WS_ADDR')" >&2; exit 2 ;; esac
+    sub_addr=$WS_ADDR
+    ws_args=(--websocket)
+fi
 case "$DURATION" in ''|*[!0-9]*) echo "DURATION must be whole seconds (got '$DURATION')" >&2; exit 2 ;; esac
 
 # require_tcpkali "EQUIVALENT RINGFAN-LOAD ARGS": returns if tcpkali is installed; otherwise
@@ -30,6 +42,15 @@ MSG
     exit 3
 }
 
+# ringfan-load's flags for PROTO, ahead of --addr in the equivalent command require_tcpkali
+# prints (the channel is the scripts' `bench`).
+load_proto_args() {
+    case "${PROTO:-line}" in
+        redis|nats) printf -- '--proto %s --channel bench ' "$PROTO" ;;
+        ws) printf -- '--proto ws --ws-addr %s ' "$WS_ADDR" ;;
+    esac
+}
+
 # A payload line of SIZE bytes (newline included) after PREFIX, padded with 'x', for -m with -e.
 payload() { # PREFIX SIZE PREFIX_LEN_ON_THE_WIRE
     local pad=$(( $2 - $3 - 1 ))
@@ -39,20 +60,22 @@ payload() { # PREFIX SIZE PREFIX_LEN_ON_THE_WIRE
 
 # The publisher's -m argument for one message of PROTO (line, redis, nats) whose payload is
 # PREFIX padded with 'x' to SIZE bytes on the wire; PREFIX_LEN is PREFIX's length on the wire.
-# line: the payload is the whole line, newline included (as ringfan-load's --size); redis and
-# nats: SIZE payload bytes inside the protocol's framing (as ringfan-load). Escapes (\r, \n)
-# are left for tcpkali's -e, as are those of the two functions below.
+# line (and ws, whose publisher sends lines): the payload is the whole line, newline included
+# (as ringfan-load's --size); redis and nats: SIZE payload bytes inside the protocol's framing
+# (as ringfan-load). Escapes (\r, \n) are left for tcpkali's -e, as are those of the two
+# functions below.
 publish_message() { # PROTO PREFIX SIZE PREFIX_LEN
     local p
     p=$(payload "$2" "$(( $3 + 1 ))" "$4")
     p=${p%\\n}
     case "$1" in
-        line) payload "$2" "$3" "$4" ;;
+        line|ws) payload "$2" "$3" "$4" ;;
         redis) printf 'PUBLISH bench %s\\r\\n' "$p" ;;
         nats) printf 'PUB bench %d\\r\\n%s\\r\\n' "$3" "$p" ;;
     esac
 }
-# What a subscriber of PROTO sends once on connecting (tcpkali -1), empty for line.
+# What a subscriber of PROTO sends once on connecting (tcpkali -1), empty for line and ws
+# (tcpkali --websocket sends the upgrade request for the path of its address, / here).
 subscribe_message() {
     case "$1" in
         redis) printf '%s' 'SUBSCRIBE bench\r\n' ;;
@@ -63,10 +86,12 @@ subscribe_message() {
 publisher_hello() { [ "$1" = nats ] && printf '%s' 'CONNECT {"verbose":false}\r\n'; true; }
 # Bytes a subscriber of PROTO receives per message of SIZE (as built by publish_message):
 # redis "*3\r\n$7\r\nmessage\r\n$5\r\nbench\r\n$SIZE\r\n" + payload + "\r\n", nats
-# "MSG bench 1 SIZE\r\n" + payload + "\r\n".
+# "MSG bench 1 SIZE\r\n" + payload + "\r\n", ws one unmasked frame of the line without its
+# newline: a 2-byte header up to 125 payload bytes, 4 up to 65535, else 10.
 delivered_bytes() { # PROTO SIZE
     case "$1" in
         line) echo "$2" ;;
+        ws) local n=$(( $2 - 1 )); echo $(( n + (n <= 125 ? 2 : (n <= 65535 ? 4 : 10)) )) ;;
         redis) echo $(( 31 + ${#2} + $2 + 2 )) ;;
         nats) echo $(( 14 + ${#2} + $2 + 2 )) ;;
     esac

@@ -9,23 +9,25 @@
 # The server must be running. Lines are SIZE bytes (the marker is 30 of them in tcpkali 1.x).
 # CONNECT_RATE (default 2000/s) paces the subscribers. PROTO=redis or PROTO=nats measures a
 # Redis or NATS server instead (subscribers subscribe to channel `bench`; the publisher PUBLISHes
-# a SIZE-byte payload); the default, PROTO=line, is ringfan's newline-delimited lines.
+# a SIZE-byte payload); the default, PROTO=line, is ringfan's newline-delimited lines. PROTO=ws:
+# the subscribers upgrade to WebSocket on WS_ADDR (tcpkali --websocket, path /: ringfan's lines
+# topic) and find the markers in the frames; the publisher sends lines to ADDR.
 #
 # Every subscriber disconnects itself once the publisher is done, before tcpkali reports: that is
 # what makes the figure cover all of them (see the comment in the script).
 set -euo pipefail
 cd "$(dirname "$0")"
-[ "${1:-}" = --help ] && { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
+[ "${1:-}" = --help ] && { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
 source ./common.sh
 N=${N:-1000}
 SIZE=${SIZE:-64}
 RATE=${RATE:-1000}
 CONNECT_RATE=${CONNECT_RATE:-2000}
 PROTO=${PROTO:-line}
-case "$PROTO" in line|redis|nats) ;; *) echo "PROTO must be line, redis or nats (got '$PROTO')" >&2; exit 2 ;; esac
+case "$PROTO" in line|redis|nats|ws) ;; *) echo "PROTO must be line, redis, nats or ws (got '$PROTO')" >&2; exit 2 ;; esac
 case "$N$RATE$CONNECT_RATE" in *[!0-9]*) echo "N, RATE and CONNECT_RATE must be whole numbers (got N='$N' RATE='$RATE' CONNECT_RATE='$CONNECT_RATE')" >&2; exit 2 ;; esac
 [ "$N" -ge 1 ] && [ "$RATE" -ge 1 ] && [ "$CONNECT_RATE" -ge 1 ] || { echo "N, RATE and CONNECT_RATE must be at least 1" >&2; exit 2; }
-require_tcpkali "--addr $ADDR --subscribers $N --size $SIZE --rate $RATE --duration $DURATION --warmup 2"
+require_tcpkali "$(load_proto_args)--addr $ADDR --subscribers $N --size $SIZE --rate $RATE --duration $DURATION --warmup 2"
 
 # Why every subscriber must close before the report. tcpkali keeps one latency histogram per
 # connection. Its report merges, per worker thread, the histograms of the connections already
@@ -51,7 +53,7 @@ first=()
 # --connect-timeout: tcpkali gives up (no report at all) if the ramp does not finish within -T;
 # its default of 1 s per connect is too short for thousands of connects on a busy machine.
 tcpkali -c "$N" --connect-rate "$CONNECT_RATE" --connect-timeout 5s --channel-lifetime "${lifetime}s" -T "$((lifetime + 2))s" \
-    -e "${first[@]}" --message-marker --latency-percentiles 50,90,99,99.9 "$ADDR" >"$out" 2>&1 &
+    "${ws_args[@]}" -e "${first[@]}" --message-marker --latency-percentiles 50,90,99,99.9 "$sub_addr" >"$out" 2>&1 &
 subs=$!
 trap 'kill "$subs" 2>/dev/null || true; rm -f "$out"' EXIT
 # Wait (bounded) until tcpkali says every subscriber is connected.

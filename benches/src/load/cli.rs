@@ -11,6 +11,8 @@ pub enum Proto {
     Ringfan,
     Redis,
     Nats,
+    /// Subscribers over WebSocket (`--ws-addr`), publishers over lines (`--addr`).
+    Ws,
 }
 
 impl Proto {
@@ -19,6 +21,7 @@ impl Proto {
             Proto::Ringfan => "ringfan",
             Proto::Redis => "redis",
             Proto::Nats => "nats",
+            Proto::Ws => "ws",
         }
     }
 }
@@ -46,6 +49,8 @@ impl Scenario {
 pub struct Config {
     pub proto: Proto,
     pub addr: SocketAddr,
+    /// The WebSocket listener subscribers upgrade on (`--ws-addr`; required with ws).
+    pub ws_addr: Option<SocketAddr>,
     pub subscribers: usize,
     pub publishers: usize,
     /// Total messages/s across publishers; 0 = as fast as possible.
@@ -61,6 +66,8 @@ pub struct Config {
     pub json: Option<String>,
     pub scenario: Scenario,
     pub channel: String,
+    /// `--channel` was given (ws: the upgrade's path names it instead of `/`).
+    pub channel_given: bool,
     pub drain: Duration,
     pub cycles: Option<u64>,
     pub storm_concurrency: usize,
@@ -77,14 +84,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where subscribers connect: the WebSocket listener with ws, else `--addr`.
+    pub fn subscriber_addr(&self) -> SocketAddr {
+        match (self.proto, self.ws_addr) {
+            (Proto::Ws, Some(a)) => a,
+            _ => self.addr,
+        }
+    }
+
     /// The run's channels, patterns and who subscribes to which (see `topics.rs`).
     pub fn topics(&self) -> Topics {
-        Topics {
-            channels: self.topics,
-            per_sub: self.topic_subs,
-            patterns: self.patterns,
-            subscribers: self.subscribers as u32,
-        }
+        Topics::new(
+            self.topics,
+            self.topic_subs,
+            self.patterns,
+            self.subscribers as u32,
+        )
     }
 }
 
@@ -98,16 +113,26 @@ ringfan-load: load generator for ringfan (and Redis pub/sub / NATS, for comparis
 USAGE: ringfan-load [FLAGS]      (flags take `--flag VALUE` or `--flag=VALUE`)
 
 General:
-  --proto ringfan|redis|nats   wire protocol (default ringfan)
+  --proto ringfan|redis|nats|ws  wire protocol (default ringfan). ws: subscribers upgrade to
+                               WebSocket on --ws-addr (path `/`, the server's lines topic, or
+                               `/<channel>` with --channel) and read one frame per message,
+                               the line without its `\\n` (S-1 payload bytes); publishers send
+                               lines to --addr. Pings are answered with pongs
   --addr HOST:PORT             server address (default 127.0.0.1:7000)
+  --ws-addr HOST:PORT          (ws) the server's WebSocket listener (ringfan:
+                               RINGFAN_WS_LISTEN); required with --proto ws
   --scenario fanout|storm|slow|idle (default fanout)
   --json PATH                  also write a JSON summary to PATH; `-` = stdout (the key=value
                                line then goes to stderr, so stdout holds exactly one JSON line)
-  --channel NAME               redis channel / NATS subject (default ringfan)
+  --channel NAME               redis channel / NATS subject (default ringfan); ws: upgrade on
+                               /NAME instead of / (lines published to --addr reach it only
+                               if the server's lines topic is NAME: RINGFAN_LINES_TOPIC)
   --topics K                   redis, nats: K channels `<channel>.<j>`, j = 0..K-1 (default 1:
                                just `<channel>`, as without this flag); each publisher sends
-                               its messages round-robin over them, one channel after the next.
-                               Refused with ringfan: its line protocol has no channels
+                               its messages round-robin over them, visiting channel c*S mod K
+                               c-th, S the first number above T coprime with K, so that
+                               consecutive messages reach different subscribers
+                               Refused with ringfan and ws: lines have no channels
   --topic-subs T               redis, nats: channels each subscriber takes, 1..=K (default 1):
                                subscriber i subscribes to channels (i*T + t) mod K for
                                t = 0..T-1, in one SUBSCRIBE, so each channel has N*T/K
@@ -116,8 +141,8 @@ General:
                                q = 0..P-1, spread round-robin over the subscribers (PSUBSCRIBE).
                                They match no channel: they cost the server a pattern match per
                                published message and add no delivery (default 0). Refused with
-                               nats (its wildcards match subject tokens, not the same work) and
-                               ringfan
+                               nats (its wildcards match subject tokens, not the same work),
+                               ringfan and ws
   --server-pid PID             a server on this machine: also report its CPU time over the
                                measured window (fanout, slow), its RSS (fanout, slow, idle), its
                                open fds before and after (storm)
@@ -155,7 +180,8 @@ storm:
   --duration SECS              churn for this long (default 10) ...
   --cycles N                   ... or until N connect/close cycles are done
   --storm-concurrency C        threads doing cycles (default 50)
-  --storm-send yes|no          ringfan: send one line per cycle (default yes)
+  --storm-send yes|no          ringfan: send one line per cycle; ws: churn the WebSocket
+                               listener, sending the upgrade request (default yes)
 
 Output: progress on stderr once a second; at the end ONE key=value summary line on stdout.
 delivered / delivered_msgs_per_s = messages received by all subscribers between the end of the
@@ -219,9 +245,10 @@ fn secs(flag: &str, v: &str, min: f64, accepted: &str) -> Duration {
 }
 
 /// Every flag `parse` accepts (each takes a value); anything else is refused by name.
-const FLAGS: [&str; 24] = [
+const FLAGS: [&str; 25] = [
     "--proto",
     "--addr",
+    "--ws-addr",
     "--subscribers",
     "--publishers",
     "--rate",
@@ -260,6 +287,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Config {
         }
     }
     check_slow(&mut c);
+    if c.proto == Proto::Ws && c.ws_addr.is_none() {
+        fail("--proto ws needs --ws-addr HOST:PORT (the server's WebSocket listener)".into());
+    }
     if let Err((flag, value, accepted)) = check_topics(&c) {
         bad(flag, &value, &accepted);
     }
@@ -270,6 +300,7 @@ fn defaults() -> Config {
     Config {
         proto: Proto::Ringfan,
         addr: "127.0.0.1:7000".parse().unwrap(),
+        ws_addr: None,
         subscribers: 100,
         publishers: 1,
         rate: 0.0,
@@ -283,6 +314,7 @@ fn defaults() -> Config {
         json: None,
         scenario: Scenario::Fanout,
         channel: "ringfan".into(),
+        channel_given: false,
         drain: Duration::from_secs(2),
         cycles: None,
         storm_concurrency: 50,
@@ -323,6 +355,20 @@ fn flag_and_value(arg: String, it: &mut impl Iterator<Item = String>) -> (String
     (flag, v)
 }
 
+/// A HOST:PORT value (the first IPv4 address it resolves to, else the first address).
+fn host_port(f: &str, v: &str) -> SocketAddr {
+    let addrs: Vec<SocketAddr> = v.to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+    let addr = addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied();
+    match addr {
+        Some(a) if a.port() != 0 => a,
+        _ => bad(f, v, "HOST:PORT, e.g. 127.0.0.1:7000"),
+    }
+}
+
 /// The flags that shape the load: target, connections, rate, sizes, times. False if `f` is
 /// not one of them.
 fn apply_load_flag(c: &mut Config, f: &str, v: &str) -> bool {
@@ -333,23 +379,12 @@ fn apply_load_flag(c: &mut Config, f: &str, v: &str) -> bool {
                 "ringfan" => Proto::Ringfan,
                 "redis" => Proto::Redis,
                 "nats" => Proto::Nats,
-                _ => bad(f, &v, "one of ringfan, redis, nats"),
+                "ws" => Proto::Ws,
+                _ => bad(f, &v, "one of ringfan, redis, nats, ws"),
             }
         }
-        "--addr" => {
-            let accepted = "HOST:PORT, e.g. 127.0.0.1:7000";
-            let addrs: Vec<SocketAddr> =
-                v.to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
-            let addr = addrs
-                .iter()
-                .find(|a| a.is_ipv4())
-                .or(addrs.first())
-                .copied();
-            match addr {
-                Some(a) if a.port() != 0 => c.addr = a,
-                _ => bad(f, &v, accepted),
-            }
-        }
+        "--addr" => c.addr = host_port(f, &v),
+        "--ws-addr" => c.ws_addr = Some(host_port(f, &v)),
         "--subscribers" => {
             c.subscribers = int(f, &v, 1usize, 1_000_000, "an integer from 1 to 1000000")
         }
@@ -421,7 +456,8 @@ fn apply_scenario_flag(c: &mut Config, f: &str, v: &str) -> bool {
                     "1-200 printable ASCII characters, no spaces and no '@'",
                 );
             }
-            c.channel = v
+            c.channel = v;
+            c.channel_given = true;
         }
         "--cycles" => c.cycles = Some(int(f, &v, 1u64, u64::MAX, "an integer >= 1")),
         "--storm-concurrency" => {
@@ -494,13 +530,16 @@ fn check_topics(c: &Config) -> Result<(), (&'static str, String, String)> {
             format!("1 to --topics ({})", c.topics),
         ));
     }
-    if c.proto == Proto::Ringfan && c.topics > 1 {
+    if matches!(c.proto, Proto::Ringfan | Proto::Ws) && c.topics > 1 {
         return Err((
             "--topics",
             c.topics.to_string(),
-            "1 with --proto ringfan: its line protocol has no channels (every subscriber gets \
-             every line); use --proto redis against ringfan's RINGFAN_RESP_LISTEN"
-                .into(),
+            format!(
+                "1 with --proto {}: its publishers speak the line protocol, which has no \
+                 channels (every subscriber gets every line); use --proto redis against \
+                 ringfan's RINGFAN_RESP_LISTEN",
+                c.proto.name()
+            ),
         ));
     }
     if c.patterns > 0 && c.proto != Proto::Redis {
@@ -509,7 +548,7 @@ fn check_topics(c: &Config) -> Result<(), (&'static str, String, String)> {
                 "NATS wildcards (*, >) match whole subject tokens, not Redis glob patterns, so \
                  the figures would not measure the same work"
             }
-            _ => "its line protocol has no patterns",
+            _ => "its publishers speak the line protocol, which has no patterns",
         };
         return Err((
             "--patterns",
@@ -583,6 +622,11 @@ mod tests {
         );
         refused("--topics 2", "--topics", "no channels");
         refused("--proto ringfan --patterns 1", "--patterns", "no patterns");
+        refused(
+            "--proto ws --ws-addr 127.0.0.1:1 --topics 3",
+            "--topics",
+            "no channels",
+        );
         refused(
             "--proto nats --topics 4 --patterns 2",
             "--patterns",

@@ -17,14 +17,15 @@ use super::sys::{
     available_cores, connect, cpu_between, now_ns, proc_cpu, proc_cpu_secs, secs_ns, set_rcvbuf,
     sleep_until, tcp_mem_pages, tcp_mem_pressure_pages, vm_rss_kib,
 };
-use super::wire::subscribe_command;
+use super::wire::subscriber_hello;
 use hdrhistogram::Histogram;
 
 const SEC: u64 = 1_000_000_000;
 
-/// Connects `n` sockets at `rate` per second, sending `hello(i)` on the i-th attempt's socket
-/// and handing it to `each(i, socket)`; progress on stderr. Stops early (returning what it
-/// has) when the first 100 attempts all failed.
+/// Connects `n` subscriber sockets (to `Config::subscriber_addr`) at `rate` per second,
+/// sending `hello(i)` on the i-th attempt's socket and handing it to `each(i, socket)`;
+/// progress on stderr. Stops early (returning what it has) when the first 100 attempts all
+/// failed.
 fn connect_paced(
     cfg: &Config,
     n: usize,
@@ -36,9 +37,10 @@ fn connect_paced(
     let t0 = now_ns();
     let mut next_report = t0 + SEC;
     let mut first_error = true;
+    let addr = cfg.subscriber_addr();
     for i in 0..n {
         sleep_until(t0 + (i as f64 * 1e9 / cfg.connect_rate) as u64);
-        let res = connect(&cfg.addr, Duration::from_secs(3)).and_then(|mut s| {
+        let res = connect(&addr, Duration::from_secs(3)).and_then(|mut s| {
             if cfg.rcvbuf > 0 {
                 set_rcvbuf(&s, cfg.rcvbuf)?;
             }
@@ -55,7 +57,7 @@ fn connect_paced(
             }
             Err(e) => {
                 if first_error {
-                    eprintln!("connect to {} failed: {e}", cfg.addr);
+                    eprintln!("connect to {addr} failed: {e}");
                     first_error = false;
                 }
                 failed += 1;
@@ -368,7 +370,7 @@ impl Subscribers {
     ) -> Option<Subscribers> {
         // Subscriber i of the run (slow ones first) takes its channels and patterns by i.
         let topics = cfg.topics();
-        let hello = |i: usize| subscribe_command(cfg.proto, &cfg.channel, &topics, i as u32);
+        let hello = |i: usize| subscriber_hello(cfg, &topics, i as u32);
         // Receivers first: they arm a receive as soon as a socket is handed over.
         let receivers = spawn_receivers(cfg, n_fast, shared)?;
 
@@ -381,7 +383,8 @@ impl Subscribers {
         let slow_join = (slow_ok > 0).then(|| {
             let (stop, bps) = (slow_stop.clone(), cfg.slow_bytes_per_sec);
             let deadline = now_ns() + run_bound;
-            let port = cfg.addr.ip().is_loopback().then_some(cfg.addr.port());
+            let sub_addr = cfg.subscriber_addr();
+            let port = sub_addr.ip().is_loopback().then_some(sub_addr.port());
             std::thread::spawn(move || slow_thread(slow_streams, bps, stop, deadline, port))
         });
 
@@ -397,7 +400,10 @@ impl Subscribers {
                 next += 1;
             });
         if fast_ok + slow_ok == 0 {
-            eprintln!("ringfan-load: no subscriber could connect to {}", cfg.addr);
+            eprintln!(
+                "ringfan-load: no subscriber could connect to {}",
+                cfg.subscriber_addr()
+            );
             shared.stop.store(true, Relaxed);
             for r in receivers {
                 r.join();
@@ -619,6 +625,7 @@ struct Totals {
     rearms: u64,
     enobufs: u64,
     pongs: u64,
+    ws_closes: u64,
     /// A receiver stopped on a ring error (printed here).
     failed: bool,
 }
@@ -642,6 +649,7 @@ impl Totals {
             rearms: 0,
             enobufs: 0,
             pongs: 0,
+            ws_closes: 0,
             failed: false,
         };
         for r in results {
@@ -665,6 +673,7 @@ impl Totals {
             t.rearms += r.rearms;
             t.enobufs += r.enobufs;
             t.pongs += r.pongs;
+            t.ws_closes += r.ws_closes;
         }
         t
     }
@@ -802,6 +811,9 @@ fn put_counts(rep: &mut Report, cfg: &Config, t: &Totals, counters: &PubCounters
         .put("recv_rearms", t.rearms)
         .put("recv_enobufs", t.enobufs)
         .put("sub_pongs", t.pongs);
+    if cfg.proto == Proto::Ws {
+        rep.put("ws_close_frames", t.ws_closes);
+    }
 }
 
 fn put_slow(

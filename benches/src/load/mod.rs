@@ -4,7 +4,8 @@
 //! `recv` (io_uring receiver threads for subscribers), `publish` (publisher threads),
 //! `fanout` (the fanout, slow and idle scenarios), `storm` (connect/close churn), `report`
 //! (summary line and JSON), `sys` (clock, fd limit, socket options, /proc readers), `topics`
-//! (channel names, which subscriber takes which channels and patterns, per-channel sequences).
+//! (channel names, which subscriber takes which channels and patterns, per-channel sequences),
+//! `ws` (WebSocket subscribers: the upgrade, and the frame decoder in front of the scanner).
 //!
 //! How a run measures:
 //! - Every payload carries `@<publisher>:<seq>:<send_ts_ns>;` (CLOCK_MONOTONIC). A message is
@@ -26,7 +27,8 @@
 //! - Before publishing, every subscription is confirmed: redis by one `subscribe` or
 //!   `psubscribe` reply per channel and pattern, NATS by the `PONG` to a `PING` sent after the
 //!   `SUB`s, ringfan by receiving one of the sync lines (no `@` in them) the loader broadcasts
-//!   through a helper connection.
+//!   through a helper connection, WebSocket by the `101` answering its upgrade (the server
+//!   subscribes a connection to the path's topic as it upgrades it).
 //!
 //! Known limits:
 //! - Subscribers on the ring answer NATS `PING`s, but a `PING` split across two receive buffers
@@ -49,3 +51,4 @@ pub mod storm;
 pub mod sys;
 pub mod topics;
 pub mod wire;
+pub mod ws;

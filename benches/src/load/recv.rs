@@ -15,6 +15,7 @@ use super::cli::Proto;
 use super::sys::{now_ns, send_nonblocking};
 use super::topics::Topics;
 use super::wire::{handshake, Event, Handshake, Scanner};
+use super::ws::Frames;
 
 /// State shared by the orchestrator, the publishers and the receivers.
 pub struct Shared {
@@ -24,6 +25,8 @@ pub struct Shared {
     pub ready: AtomicUsize,
     pub hs_failed: AtomicUsize,
     pub disconnected: AtomicUsize,
+    /// WebSocket connections whose frames broke the protocol (the first is printed).
+    pub ws_errors: AtomicUsize,
     /// Messages sent at or after this instant are measured (u64::MAX until known). Also the
     /// start of the receive window (see `RecvResult::window_msgs`).
     pub measure_start: AtomicU64,
@@ -49,6 +52,7 @@ impl Shared {
             ready: AtomicUsize::new(0),
             hs_failed: AtomicUsize::new(0),
             disconnected: AtomicUsize::new(0),
+            ws_errors: AtomicUsize::new(0),
             measure_start: AtomicU64::new(u64::MAX),
             measure_end: AtomicU64::new(u64::MAX),
             run_start: AtomicU64::new(u64::MAX),
@@ -106,7 +110,10 @@ pub struct RecvResult {
     pub never_ready: u64,
     pub rearms: u64,
     pub enobufs: u64,
+    /// Pongs sent: NATS `PONG`s, WebSocket pong frames.
     pub pongs: u64,
+    /// WebSocket close frames received.
+    pub ws_closes: u64,
     pub error: Option<String>,
 }
 
@@ -166,6 +173,7 @@ impl RecvResult {
             rearms: 0,
             enobufs: 0,
             pongs: 0,
+            ws_closes: 0,
             error: Some(error),
         }
     }
@@ -184,6 +192,8 @@ struct Conn {
     alive: bool,
     hs: Vec<u8>,
     scanner: Scanner,
+    /// ws: the frame decoder in front of the scanner (unused otherwise).
+    frames: Frames,
 }
 
 /// Counters and histogram updated for every marker.
@@ -437,6 +447,7 @@ impl<'a> Receiving<'a> {
                 alive: true,
                 hs: Vec::new(),
                 scanner: Scanner::default(),
+                frames: Frames::default(),
             });
             self.last.resize(self.last.len() + self.streams, 0);
             drv.recv_multi(fd, UserData::new(slot, 0, Op::Recv));
@@ -474,6 +485,15 @@ impl<'a> Receiving<'a> {
                 {
                     self.counts.pongs += 1;
                 }
+                if !conn.frames.replies.is_empty() {
+                    // Pongs and a close echo: a few bytes on a socket we never otherwise write
+                    // to, so its send buffer has room and the send is whole.
+                    if send_nonblocking(conn.fd, &conn.frames.replies) {
+                        self.counts.pongs += conn.frames.pongs_queued;
+                    }
+                    conn.frames.replies.clear();
+                    conn.frames.pongs_queued = 0;
+                }
             }
             drv.recycle(id);
         }
@@ -485,6 +505,7 @@ impl<'a> Receiving<'a> {
     fn finish(self, error: Option<String>) -> RecvResult {
         let (lost_tail, expected) = self.tail_and_expected();
         let never_ready = self.conns.iter().filter(|c| !c.ready).count() as u64;
+        let ws_closes = self.conns.iter().map(|c| c.frames.closes).sum();
         let fds: Vec<RawFd> = self.conns.iter().map(|c| c.fd).collect();
         let per_sub = self
             .conns
@@ -518,6 +539,7 @@ impl<'a> Receiving<'a> {
             rearms: counts.rearms,
             enobufs: counts.enobufs,
             pongs: counts.pongs,
+            ws_closes,
             error,
         }
         .with_closed(fds)
@@ -557,8 +579,44 @@ impl<'a> Receiving<'a> {
 /// largest message an earlier run may still be delivering, in one reply).
 const HANDSHAKE_PENDING_BYTES_MAX: usize = super::cli::MAX_SIZE + (64 << 10);
 
+/// Hands the bytes of a subscribed connection to its marker scanner: as they are, or with ws
+/// the payloads of its frames (a frame header can contain `@`).
+fn scan(
+    conn: &mut Conn,
+    data: &[u8],
+    proto: Proto,
+    acc: &mut Acc,
+    last: &mut [u64],
+    st: Streams<'_>,
+    shared: &Shared,
+) {
+    let Conn {
+        scanner,
+        hist,
+        frames,
+        ..
+    } = conn;
+    if proto != Proto::Ws {
+        scanner.feed(data, |ev| acc.on_event(ev, last, st, hist));
+        return;
+    }
+    let was_ok = frames.error.is_none();
+    let ok = frames.feed(data, |payload| {
+        scanner.feed(payload, |ev| acc.on_event(ev, last, st, hist))
+    });
+    if was_ok && !ok {
+        acc.malformed += 1;
+        if shared.ws_errors.fetch_add(1, Relaxed) == 0 {
+            eprintln!(
+                "subscriber: WebSocket protocol error, the rest of that connection is ignored: {}",
+                frames.error.unwrap_or_default()
+            );
+        }
+    }
+}
+
 /// Feeds received bytes to the connection's scanner, first through the protocol's subscribe
-/// handshake (Redis and NATS) until it is acknowledged.
+/// handshake (Redis and NATS, the WebSocket upgrade) until it is acknowledged.
 fn on_data(
     conn: &mut Conn,
     data: &[u8],
@@ -569,15 +627,13 @@ fn on_data(
     shared: &Shared,
 ) {
     if conn.ready {
-        conn.scanner
-            .feed(data, |ev| acc.on_event(ev, last, st, &mut conn.hist));
+        scan(conn, data, proto, acc, last, st, shared);
         return;
     }
     if proto == Proto::Ringfan {
         conn.ready = true;
         shared.ready.fetch_add(1, Relaxed);
-        conn.scanner
-            .feed(data, |ev| acc.on_event(ev, last, st, &mut conn.hist));
+        scan(conn, data, proto, acc, last, st, shared);
         return;
     }
     conn.hs.extend_from_slice(data);
@@ -601,8 +657,7 @@ fn on_data(
             conn.ready = true;
             shared.ready.fetch_add(1, Relaxed);
             let hs = std::mem::take(&mut conn.hs);
-            conn.scanner
-                .feed(&hs[off..], |ev| acc.on_event(ev, last, st, &mut conn.hist));
+            scan(conn, &hs[off..], proto, acc, last, st, shared);
         }
         Handshake::Failed(line) => {
             if shared.hs_failed.fetch_add(1, Relaxed) == 0 {
@@ -768,6 +823,7 @@ mod tests {
                 alive: true,
                 hs: Vec::new(),
                 scanner: Scanner::default(),
+                frames: Frames::default(),
             });
             r.last.resize(r.last.len() + r.streams, 0);
             // Gaps in the middle, and for subscriber 1 the tail of publisher 0 as well.
@@ -806,12 +862,7 @@ mod tests {
     }
 
     fn topics(k: u32, t: u32, p: u32, n: u32) -> Topics {
-        Topics {
-            channels: k,
-            per_sub: t,
-            patterns: p,
-            subscribers: n,
-        }
+        Topics::new(k, t, p, n)
     }
 
     /// Loss, expected deliveries and misrouting are exact, with one channel and with many,
@@ -894,6 +945,7 @@ mod speed {
             alive: true,
             hs: Vec::new(),
             scanner: Scanner::default(),
+            frames: Frames::default(),
         };
         let mut last = vec![0u64; r.streams];
         let mut el = std::time::Duration::ZERO;

@@ -1,5 +1,6 @@
 //! The `storm` scenario: connect/close churn from many threads, rotating FIN, RST and
-//! half-close, then the server's side of it as the kernel sees it.
+//! half-close, then the server's side of it as the kernel sees it. With ws the churn is on the
+//! WebSocket listener, each connection sending its upgrade request.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -15,6 +16,7 @@ use super::sys::{
     connect, drain_nonblocking, now_ns, secs_ns, server_states, set_linger_zero, try_fd_count,
     ServerStates,
 };
+use super::ws;
 
 #[derive(Default)]
 struct Counters {
@@ -30,7 +32,7 @@ struct Counters {
 }
 
 fn cycle(cfg: &Config, c: &Counters, n: u64, scratch: &mut [u8]) {
-    let mut s = match connect(&cfg.addr, Duration::from_secs(2)) {
+    let mut s = match connect(&cfg.subscriber_addr(), Duration::from_secs(2)) {
         Ok(s) => s,
         Err(_) => {
             c.connect_errors.fetch_add(1, Relaxed);
@@ -39,11 +41,14 @@ fn cycle(cfg: &Config, c: &Counters, n: u64, scratch: &mut [u8]) {
             return;
         }
     };
-    if cfg.proto == Proto::Ringfan && cfg.storm_send {
+    let hello = match cfg.proto {
         // No '@' in it: harmless to a concurrent fanout run's scanners.
-        if s.write_all(b"storm hello\n").is_err() {
-            c.write_errors.fetch_add(1, Relaxed);
-        }
+        Proto::Ringfan => b"storm hello\n".to_vec(),
+        Proto::Ws => ws::upgrade_request(&cfg.subscriber_addr(), None),
+        _ => Vec::new(),
+    };
+    if cfg.storm_send && !hello.is_empty() && s.write_all(&hello).is_err() {
+        c.write_errors.fetch_add(1, Relaxed);
     }
     match n % 3 {
         0 => {
@@ -94,7 +99,7 @@ fn cycle(cfg: &Config, c: &Counters, n: u64, scratch: &mut [u8]) {
 }
 
 pub fn run(cfg: &Config) -> i32 {
-    let port = cfg.addr.port();
+    let port = cfg.subscriber_addr().port();
     let fds_before = cfg.server_pid.and_then(try_fd_count);
     let before = server_states(port);
     // With --cycles and no explicit --duration, the cycle count is the bound (cap: 1 hour).
@@ -132,7 +137,7 @@ pub fn run(cfg: &Config) -> i32 {
     if cycles == 0 {
         eprintln!(
             "ringfan-load: no storm cycle completed against {}",
-            cfg.addr
+            cfg.subscriber_addr()
         );
         return 1;
     }

@@ -8,12 +8,20 @@
 //! - Patterns: pattern q (0..P) is `<channel>.nomatch.<q>.*`, taken by subscriber q mod N. No
 //!   channel name matches it (after `<channel>.` comes a number, never `nomatch`), so a pattern
 //!   costs the server a match per published message and adds no delivery.
-//! - Publishers: publisher p sends its m-th message (m = 0, 1, 2, ...) on channel (p + m) mod K,
-//!   as number m / K + 1 of that channel. So each (publisher, channel) pair is one contiguous
-//!   sequence 1, 2, 3, ... and a subscriber checks gaps and order per pair exactly as it does
-//!   per publisher with one channel. The marker's publisher field carries the pair as
-//!   `p * K + j` (just p when K = 1). Starting publisher p at channel p spreads a low rate over
-//!   the channels instead of sending every publisher's first message to channel 0.
+//! - Publishers: publisher p sends its m-th message (m = 0, 1, 2, ...) at position
+//!   c = (p + m) mod K of a fixed tour of the channels, as number m / K + 1 of that channel. So
+//!   each (publisher, channel) pair is one contiguous sequence 1, 2, 3, ... and a subscriber
+//!   checks gaps and order per pair exactly as it does per publisher with one channel. The
+//!   marker's publisher field carries the pair as `p * K + j` (just p when K = 1). Starting
+//!   publisher p at position p spreads a low rate over the channels instead of sending every
+//!   publisher's first message to the same channel.
+//! - The tour visits channel j = c * S mod K at position c, S (the stride) the smallest number
+//!   above T with no factor in common with K, so it is a permutation. Why not channel c itself:
+//!   consecutive channels have the same subscribers (a subscriber holds T consecutive ones), so
+//!   the messages one publisher writes in one batch (20 per millisecond at 20k msgs/s) would all
+//!   go to the same few subscribers, which a server then sends as one write each, and the
+//!   figure would measure that batching instead of the cost of many channels. A stride above T
+//!   moves every next message to another subscriber's channels.
 //! - The publisher still counts its messages with one running number n = m + 1 (shared with
 //!   the receivers as `first_measured` / `last_sent`); [`Topics::sent_on`] turns that into the
 //!   per-channel sequence, so nothing of size K is kept per publisher.
@@ -36,18 +44,38 @@ pub struct Topics {
     pub patterns: u32,
     /// N: subscriber connections of the run (patterns are spread over them).
     pub subscribers: u32,
+    /// S: the publishers' tour visits channel c * S mod K at position c (see the module's
+    /// comment); coprime with K.
+    stride: u64,
+    /// S's inverse modulo K: channel j is at position j * stride_inverse mod K.
+    stride_inverse: u64,
 }
 
 impl Topics {
+    /// K channels, T per subscriber, P patterns, N subscribers.
+    pub fn new(channels: u32, per_sub: u32, patterns: u32, subscribers: u32) -> Self {
+        let k = channels.max(1) as u64;
+        let mut stride = per_sub as u64 + 1;
+        // Bounded: K <= 10^6 has at most 7 distinct prime factors, and below 2 * 10^6 a prime
+        // comes at least every 150 numbers, so one that does not divide K comes within ~1200.
+        while gcd(stride, k) != 1 {
+            stride += 1;
+        }
+        let stride = stride % k;
+        Topics {
+            channels,
+            per_sub,
+            patterns,
+            subscribers,
+            stride,
+            stride_inverse: inverse_mod(stride, k),
+        }
+    }
+
     /// One channel, every subscriber on it, no patterns: the run without topics.
     #[cfg(test)]
     pub fn single(subscribers: u32) -> Self {
-        Topics {
-            channels: 1,
-            per_sub: 1,
-            patterns: 0,
-            subscribers,
-        }
+        Topics::new(1, 1, 0, subscribers)
     }
 
     /// Appends channel `j`'s name.
@@ -114,7 +142,8 @@ impl Topics {
             return (0, n);
         }
         let m = n - 1;
-        (((p as u64 + m) % k) as u32, m / k + 1)
+        let c = (p as u64 + m) % k;
+        ((c * self.stride % k) as u32, m / k + 1)
     }
 
     /// The marker's publisher field for publisher `p` on channel `j`.
@@ -137,8 +166,10 @@ impl Topics {
     /// of the last of them on `j` (0 if none).
     pub fn sent_on(&self, p: u32, j: u32, n: u64) -> u64 {
         let k = self.channels as u64;
-        // The running index m (0-based) of p's first message on j.
-        let first = (j as u64 + k - p as u64 % k) % k;
+        // j's position in the tour, then the running index m (0-based) of p's first message
+        // there.
+        let c = j as u64 * self.stride_inverse % k;
+        let first = (c + k - p as u64 % k) % k;
         if n > first {
             (n - 1 - first) / k + 1
         } else {
@@ -157,6 +188,29 @@ impl Topics {
         let to = self.sent_on(p, j, last_sent) + 1;
         from..to.max(from)
     }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    // Bounded: b strictly decreases.
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// The inverse of `a` modulo `k` (a and k coprime; 0 for k = 1), by the extended Euclidean
+/// algorithm.
+fn inverse_mod(a: u64, k: u64) -> u64 {
+    let (mut r0, mut r1) = (k as i64, a as i64);
+    let (mut t0, mut t1) = (0i64, 1i64);
+    // Bounded: r1 strictly decreases.
+    while r1 != 0 {
+        let q = r0 / r1;
+        (r0, r1) = (r1, r0 - q * r1);
+        (t0, t1) = (t1, t0 - q * t1);
+    }
+    debug_assert_eq!(r0, 1, "{a} and {k} are not coprime");
+    t0.rem_euclid(k as i64) as u64
 }
 
 /// Writes `v` in decimal into `out`, returns the bytes used.
@@ -179,12 +233,7 @@ mod tests {
     use super::*;
 
     fn topics(k: u32, t: u32, p: u32, n: u32) -> Topics {
-        Topics {
-            channels: k,
-            per_sub: t,
-            patterns: p,
-            subscribers: n,
-        }
+        Topics::new(k, t, p, n)
     }
 
     #[test]
@@ -196,7 +245,7 @@ mod tests {
         assert_eq!(Topics::pattern("news", 3), b"news.nomatch.3.*");
     }
 
-    /// The brief's example: N = 1000, K = 10000, T = 100 gives 10 subscribers per channel;
+    /// bench.sh's Topics shape: N = 1000, K = 10000, T = 100 gives 10 subscribers per channel;
     /// and smaller shapes, including T = K and K not a multiple of T.
     #[test]
     fn every_channel_gets_n_t_over_k_subscribers() {
@@ -249,16 +298,21 @@ mod tests {
         assert_eq!(tp.subscriptions_of(4), 1);
     }
 
-    /// route, stream/split and sent_on agree with a direct count, message by message.
+    /// route, stream/split and sent_on agree with a direct count, message by message; every
+    /// K consecutive messages of a publisher visit every channel once.
     #[test]
     fn per_channel_sequences_are_contiguous_and_counted() {
-        for k in [1u32, 2, 5, 7] {
-            let tp = topics(k, 1, 0, 1);
+        for (k, t) in [(1u32, 1u32), (2, 1), (5, 1), (7, 3), (12, 2), (10, 10)] {
+            let tp = topics(k, t, 0, 1);
             for p in [0u32, 1, 3, 998] {
                 let mut next = vec![1u64; k as usize];
                 for n in 1..=40u64 {
                     let (j, s) = tp.route(p, n);
-                    assert_eq!(j, ((p as u64 + n - 1) % k as u64) as u32);
+                    let round: Vec<u32> = (0..k as u64).map(|d| tp.route(p, n + d).0).collect();
+                    let mut visited = round.clone();
+                    visited.sort_unstable();
+                    visited.dedup();
+                    assert_eq!(visited.len(), k as usize, "K={k} T={t}: {round:?}");
                     assert_eq!(s, next[j as usize], "K={k} p={p} n={n}");
                     next[j as usize] += 1;
                     assert_eq!(tp.split(tp.stream(p, j)), (p, j));
@@ -272,6 +326,48 @@ mod tests {
         let tp = Topics::single(1);
         assert_eq!(tp.route(4, 17), (0, 17));
         assert_eq!(tp.measured_on(4, 0, 5, 9), 5..10);
+    }
+
+    /// The Topics table's shape (N = 1000, K = 10000, T = 100): any 20 consecutive messages of
+    /// a publisher (one millisecond at 20k msgs/s) go to 200 different subscribers, 10 each,
+    /// as one channel's messages would; with consecutive channels they went to the same 10.
+    #[test]
+    fn consecutive_messages_reach_different_subscribers() {
+        let tp = topics(10000, 100, 0, 1000);
+        let mut subscribers_of = vec![Vec::new(); 10000];
+        for i in 0..1000 {
+            for j in tp.channels_of(i) {
+                subscribers_of[j as usize].push(i);
+            }
+        }
+        for start in (1..=30_000u64).step_by(997) {
+            let mut reached: Vec<u32> = (start..start + 20)
+                .flat_map(|n| subscribers_of[tp.route(0, n).0 as usize].iter().copied())
+                .collect();
+            reached.sort_unstable();
+            reached.dedup();
+            assert_eq!(reached.len(), 200, "messages {start}..{}", start + 20);
+        }
+    }
+
+    #[test]
+    fn strides_are_coprime_and_inverted() {
+        for (k, t) in [
+            (1u32, 1u32),
+            (2, 1),
+            (10, 3),
+            (10000, 100),
+            (1_000_000, 999_999),
+        ] {
+            let tp = topics(k, t, 0, 1);
+            assert_eq!(gcd(tp.stride.max(1), k as u64), 1, "K={k} T={t}");
+            assert_eq!(
+                tp.stride * tp.stride_inverse % k as u64,
+                1 % k as u64,
+                "K={k}"
+            );
+        }
+        assert_eq!(topics(10000, 100, 0, 1).stride, 101);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //!
 //! Payload (same for every protocol): `@<publisher>:<seq>:<send_ts_ns>;` then `x` padding up to
 //! S-1 bytes, then `\n`. The framing bytes of RESP and NATS never contain `@`, so one scanner
-//! that looks for `@…;` works for all three protocols.
+//! that looks for `@…;` works on their byte streams as they are. A WebSocket frame header can
+//! contain `@`: there the scanner sees the frames' payloads only (see `ws.rs`).
 
 use memchr::memmem;
 
-use super::cli::Proto;
+use super::cli::{Config, Proto};
 use super::topics::{fmt_u64, Topics};
+use super::ws;
 
 /// Builds publisher frames: protocol prefix (naming the channel) + payload of exactly `size`
 /// bytes + suffix.
@@ -26,7 +28,8 @@ pub struct FrameWriter {
 impl FrameWriter {
     pub fn new(proto: Proto, channel: &str, topics: Topics, size: usize) -> Self {
         let suffix: &'static [u8] = match proto {
-            Proto::Ringfan => b"",
+            // ws: publishers send lines.
+            Proto::Ringfan | Proto::Ws => b"",
             Proto::Redis | Proto::Nats => b"\r\n",
         };
         FrameWriter {
@@ -44,7 +47,7 @@ impl FrameWriter {
     #[inline]
     fn prefix(&self, j: u32, out: &mut Vec<u8>) {
         match self.proto {
-            Proto::Ringfan => {}
+            Proto::Ringfan | Proto::Ws => {}
             Proto::Redis => {
                 let mut d = [0u8; 20];
                 let name_len = self.name_len(j);
@@ -127,8 +130,21 @@ fn resp_command(out: &mut Vec<u8>, name: &[u8], args: &[Vec<u8>]) {
     }
 }
 
+/// Bytes subscriber `i` of the run sends right after connecting: ws, the upgrade request for
+/// `/` (or `/<channel>` with --channel); otherwise [`subscribe_command`].
+pub fn subscriber_hello(cfg: &Config, topics: &Topics, i: u32) -> Vec<u8> {
+    match cfg.proto {
+        Proto::Ws => ws::upgrade_request(
+            &cfg.subscriber_addr(),
+            cfg.channel_given.then_some(cfg.channel.as_str()),
+        ),
+        p => subscribe_command(p, &cfg.channel, topics, i),
+    }
+}
+
 /// Bytes subscriber `i` sends right after connecting: its T channels in one SUBSCRIBE (NATS:
-/// one SUB each, then a PING), then its patterns in one PSUBSCRIBE (redis only).
+/// one SUB each, then a PING), then its patterns in one PSUBSCRIBE (redis only). Nothing for
+/// ringfan, and for ws (its upgrade request comes from [`subscriber_hello`]).
 pub fn subscribe_command(proto: Proto, channel: &str, topics: &Topics, i: u32) -> Vec<u8> {
     let names: Vec<Vec<u8>> = topics
         .channels_of(i)
@@ -136,7 +152,7 @@ pub fn subscribe_command(proto: Proto, channel: &str, topics: &Topics, i: u32) -
         .collect();
     let mut out = Vec::new();
     match proto {
-        Proto::Ringfan => {}
+        Proto::Ringfan | Proto::Ws => {}
         Proto::Redis => {
             resp_command(&mut out, b"SUBSCRIBE", &names);
             let patterns: Vec<Vec<u8>> = topics
@@ -193,8 +209,10 @@ impl Handshake {
 /// (`*3\r\n$9\r\nsubscribe\r\n$n\r\nchan\r\n:count\r\n`); other replies before them (a
 /// message still on its way from an earlier run) are skipped.
 /// NATS: the `PONG` answering the `PING` sent after the `SUB`s (NATS answers in order).
+/// ws: the `101` answering the upgrade (the server subscribes the connection as it upgrades).
 pub fn handshake(proto: Proto, seen: &[u8], want: usize) -> Handshake {
     match proto {
+        Proto::Ws => ws::upgrade_reply(seen),
         Proto::Ringfan => {
             if seen.is_empty() {
                 Handshake::WAITING
@@ -456,12 +474,7 @@ mod tests {
     }
 
     fn topics(k: u32, t: u32, p: u32, n: u32) -> Topics {
-        Topics {
-            channels: k,
-            per_sub: t,
-            patterns: p,
-            subscribers: n,
-        }
+        Topics::new(k, t, p, n)
     }
 
     /// With one channel the frames are byte for byte what they were before topics; with K the
