@@ -651,7 +651,8 @@ done <"$results"
 echo
 echo "Max rate: one publisher writing as fast as the server reads; delivered = messages received in the measured window, whenever sent. Fixed rate: one publisher paced in 1 ms ticks. ringfan-ws: the subscribers over WebSocket (a frame of S-1 payload bytes per message: the line without its newline), the publisher over lines; ringfan-resp: ringfan's Redis-protocol listener, driven exactly as redis. CPU (utime+stime of the server process) is sampled over the measured window only; CPU-s per M deliveries = CPU-µs per delivery. Subscribers disconnected at max rate: the server evicted subscribers that fell behind (the generator could not keep up)."
 # ratio X Y: X / Y to two decimals, n/a unless both are positive numbers.
-ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (x ~ /^[0-9.]+$/ && y ~ /^[0-9.]+$/ && y > 0) printf "%.2f", x / y; else print "n/a" }'; }
+# (A median of two runs may come as 1.70236e+07: awk's own number format.)
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN { if (x ~ /^[0-9.]+(e[+-][0-9]+)?$/ && y ~ /^[0-9.]+(e[+-][0-9]+)?$/ && y + 0 > 0) printf "%.2f", x / y; else print "n/a" }'; }
 ratio_rows=""
 for pair in ringfan-resp:redis ringfan-ws:ringfan; do
     a=${pair%%:*}; b=${pair##*:}
