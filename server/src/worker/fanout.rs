@@ -42,22 +42,17 @@ impl<D: Driver> Worker<D> {
         self.after_fan_out = after;
     }
 
-    /// The order in which one fan-out queues (and so submits) the sends of `n` subscribers: the
-    /// member list from a different start each time. The kernel works through a turn's
+    /// Where one fan-out starts in a member list of `n` subscribers: it queues (and so submits)
+    /// their sends from there, wrapping around, a different start each time. The kernel works through a turn's
     /// sends in submission order, so at N = 5000 the last send of a message goes out tens of
     /// milliseconds after the first; always starting at index 0 would make the same
     /// (earliest-connected) subscribers first and the same ones last, every message. The start
     /// follows the golden-ratio sequence, which spreads consecutive starts evenly over the list
     /// whatever its length, so each subscriber's latency percentiles come out alike.
-    fn fan_out_order(&mut self, n: usize) -> impl Iterator<Item = usize> {
+    fn fan_out_start(&mut self, n: usize) -> usize {
         self.fan_outs = self.fan_outs.wrapping_add(1);
         // 2^32 / golden ratio: fan_outs * this mod 2^32 is the Weyl sequence, scaled to 0..n.
-        let start = ((self.fan_outs.wrapping_mul(0x9E37_79B9) as u64 * n as u64) >> 32) as usize;
-        (start..n).chain(0..start)
-    }
-
-    fn fan_out_start(&mut self, n: usize) -> usize {
-        self.fan_out_order(n).next().unwrap_or(0)
+        ((self.fan_outs.wrapping_mul(0x9E37_79B9) as u64 * n as u64) >> 32) as usize
     }
 
     /// Delivers the local batch and ships each other worker the messages routed to it.
@@ -100,9 +95,18 @@ impl<D: Driver> Worker<D> {
                 &messages[i].0.topic,
                 messages[i].0.scope,
             );
-            let patterns = kind == Kind::Channel
-                && scope != Scope::Channels
-                && self.index.patterns().any(|(p, _)| glob::matches(p, topic));
+            // The patterns this message matches, found once for the decision below and for the
+            // delivery.
+            self.matching.clear();
+            if kind == Kind::Channel && scope != Scope::Channels {
+                self.matching.extend(
+                    self.index
+                        .patterns()
+                        .filter(|(p, _)| glob::matches(p, topic))
+                        .map(|(p, _)| p.clone()),
+                );
+            }
+            let patterns = !self.matching.is_empty();
             // With a matching pattern, message by message: a client on both the channel and
             // the pattern gets `message` then `pmessage` for each, as Redis sends them.
             let mut end = i + 1;
@@ -159,28 +163,28 @@ impl<D: Driver> Worker<D> {
         self.members = members;
     }
 
-    /// Delivers a channel message to the local subscribers of every pattern it matches: one
-    /// `pmessage` frame per pattern, shared by its subscribers.
+    /// Delivers a channel message to the local subscribers of every pattern it matches (found by
+    /// `deliver_all` in `self.matching`): one `pmessage` frame per pattern, shared by its
+    /// subscribers.
     fn deliver_patterns(&mut self, message: &Message) {
-        let matching: Vec<(Bytes, Vec<usize>)> = self
-            .index
-            .patterns()
-            .filter(|(p, _)| glob::matches(p, &message.topic))
-            .map(|(p, m)| (p.clone(), m.clone()))
-            .collect();
-        for (pattern, members) in matching {
+        let matching = std::mem::take(&mut self.matching);
+        let mut members = std::mem::take(&mut self.members);
+        for pattern in &matching {
+            members.clear();
+            members.extend_from_slice(self.index.members(Kind::Pattern, pattern));
             // Built on first use per protocol version, then shared.
             let mut frames: [Option<Bytes>; 2] = [None, None];
-            for slot in members {
+            for &slot in &members {
                 let Framing::Resp(version) = self.conns[slot].codec.framing() else {
                     continue; // only RESP connections hold patterns
                 };
                 let frame = frames[version as usize]
-                    .get_or_insert_with(|| message.pattern_frame(version, &pattern))
-                    .clone();
-                self.deliver(slot, &frame, message.count());
+                    .get_or_insert_with(|| message.pattern_frame(version, pattern));
+                self.deliver(slot, frame, message.count());
             }
         }
+        self.members = members;
+        self.matching = matching;
     }
 
     /// Queues `frame` (holding `count` messages) for `slot`. False if that put the subscriber

@@ -114,6 +114,8 @@ pub struct Worker<D: Driver> {
     inputs: Vec<Input>,
     /// Scratch: the members of the topic being delivered.
     members: Vec<usize>,
+    /// Scratch: the patterns the message being delivered matches.
+    matching: Vec<Bytes>,
     inbox_batches: Vec<Batch>,
     /// Read ends and protocol errors met while decoding, applied after this turn's fan-out.
     after_fan_out: Vec<(usize, AfterFanOut)>,
@@ -127,7 +129,7 @@ pub struct Worker<D: Driver> {
     pub(crate) metrics: Option<WorkerMetrics>,
     next_metrics_publish: Instant,
     next_latency_sample: Instant,
-    /// Counts fan-outs; each starts at a different subscriber (see `fan_out_order`).
+    /// Counts fan-outs; each starts at a different subscriber (see `fan_out_start`).
     fan_outs: u32,
     /// A subscriber the last fan-out reached, for the latency sample.
     latency_candidate: Option<usize>,
@@ -198,6 +200,7 @@ impl<D: Driver> Worker<D> {
             backbone_out: Vec::new(),
             inputs: Vec::new(),
             members: Vec::new(),
+            matching: Vec::new(),
             inbox_batches: Vec::new(),
             after_fan_out: Vec::new(),
             completions: Vec::new(),
