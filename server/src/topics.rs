@@ -247,10 +247,6 @@ impl TopicIndex {
             .sum()
     }
 
-    pub fn len(&self, kind: Kind) -> usize {
-        self.maps[kind_index(kind)].len()
-    }
-
     /// The patterns with local subscribers, and those subscribers.
     pub fn patterns(&self) -> impl Iterator<Item = (&Bytes, &Vec<usize>)> {
         self.maps[kind_index(Kind::Pattern)].iter()

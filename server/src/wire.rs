@@ -117,13 +117,6 @@ impl Codec {
         }
     }
 
-    pub fn session(&self) -> Option<&Session> {
-        match self {
-            Codec::Resp(r) => Some(&r.session),
-            _ => None,
-        }
-    }
-
     pub fn ws_mut(&mut self) -> Option<&mut WsCodec> {
         match self {
             Codec::Ws(w) => Some(w),

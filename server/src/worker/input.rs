@@ -274,16 +274,21 @@ impl<D: Driver> Worker<D> {
     /// Queues a reply to the connection's own command: never refused, never dropped (its
     /// input is held instead while replies wait, see `replies_backlogged`).
     pub(crate) fn queue_reply(&mut self, slot: usize, reply: Bytes) {
-        let conn = &mut self.conns[slot];
-        if conn.write != WriteHalf::Subscribed {
-            return;
+        if self.conns[slot].write == WriteHalf::Subscribed {
+            self.queue_own(slot, reply);
         }
+    }
+
+    /// Queues bytes of the connection's own (a reply, a control frame) after what is queued:
+    /// outside the slow-consumer limit and policy, which are for deliveries.
+    pub(crate) fn queue_own(&mut self, slot: usize, bytes: Bytes) {
+        let conn = &mut self.conns[slot];
         if conn.queue_bytes == 0 {
             conn.progress_at = Some(self.now);
         }
-        conn.queue_bytes += reply.len();
-        conn.queued_total += reply.len() as u64;
-        conn.queue.push_back(reply);
+        conn.queue_bytes += bytes.len();
+        conn.queued_total += bytes.len() as u64;
+        conn.queue.push_back(bytes);
         self.mark_dirty(slot);
     }
 

@@ -124,10 +124,7 @@ impl<D: Driver> Worker<D> {
         ws.conn.close(code, text, &mut actions);
         for action in actions {
             if let ringfan_protocol::ws::Action::Send(frame) = action {
-                let conn = &mut self.conns[slot];
-                conn.queue_bytes += frame.len();
-                conn.queued_total += frame.len() as u64;
-                conn.queue.push_back(frame);
+                self.queue_own(slot, frame);
             }
         }
     }
