@@ -14,12 +14,15 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod autobahn;
+
+use autobahn::run_bounded;
 use bytes::Bytes;
 use ringfan_protocol::ws::{self, Action, Opcode, WsConfig, WsConn};
 
@@ -102,40 +105,6 @@ fn echo(mut stream: TcpStream, config: &WsConfig) {
         }
         // After Shutdown the peer's FIN (read 0) or the timeout ends the loop; what it still
         // sends is ignored by the closed connection.
-    }
-}
-
-/// Runs `cmd`, killing it after `limit`; whether it succeeded, and its output. The output goes
-/// to a file, so a chatty child never blocks on a full pipe.
-fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = RUNS.fetch_add(1, Ordering::SeqCst);
-    let path = std::env::temp_dir().join(format!("ringfan-ws-{}-{n}.out", std::process::id()));
-    let file = std::fs::File::create(&path).expect("output file");
-    let mut child: Child = cmd
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        // Polls the child's exit against the deadline; nothing waits on this sleep for order.
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = std::fs::read_to_string(&path).unwrap_or_default();
-    let _ = std::fs::remove_file(&path);
-    match status {
-        Some(s) => (s.success(), out),
-        None => (false, format!("killed after {limit:?}\n{out}")),
     }
 }
 
@@ -295,84 +264,13 @@ fn python_websockets_client_against_the_codec() {
 
 #[test]
 fn autobahn_fuzzing_client_cases_1_to_10() {
-    let wstest = std::env::var("RINGFAN_WSTEST").unwrap_or_else(|_| "wstest".into());
-    let probe = std::panic::catch_unwind(|| {
-        let mut c = Command::new(&wstest);
-        c.arg("--autobahnversion");
-        run_bounded(c, Duration::from_secs(60))
-    });
-    if !matches!(probe, Ok((true, _))) {
-        let why = match probe {
-            Ok((_, out)) => out.lines().last().unwrap_or("").to_string(),
-            Err(_) => "not found".to_string(),
-        };
-        eprintln!(
-            "SKIP autobahn_fuzzing_client_cases_1_to_10: `{wstest}` does not run ({why}). \
-             autobahntestsuite is Python 2 code: `virtualenv -p python2.7 VENV && \
-             VENV/bin/pip install autobahntestsuite`, then RINGFAN_WSTEST=VENV/bin/wstest"
-        );
-        return;
-    }
+    let wstest = match autobahn::wstest() {
+        Ok(w) => w,
+        Err(why) => return eprintln!("SKIP autobahn_fuzzing_client_cases_1_to_10: {why}"),
+    };
     // Case 9 sends messages of up to 16 MiB.
     let server = EchoServer::start(64 << 20);
-    let dir = std::env::temp_dir().join(format!("ringfan-autobahn-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = dir.join("fuzzingclient.json");
-    let report = dir.join("report");
-    std::fs::write(
-        &spec,
-        format!(
-            r#"{{"outdir": "{}", "servers": [{{"agent": "ringfan", "url": "ws://127.0.0.1:{}"}}],
-               "cases": ["*"], "exclude-cases": ["12.*", "13.*"], "exclude-agent-cases": {{}}}}"#,
-            report.display(),
-            server.port
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(&wstest);
-    cmd.current_dir(&dir)
-        .args(["-m", "fuzzingclient", "-s"])
-        .arg(&spec);
-    let (ok, out) = run_bounded(cmd, Duration::from_secs(900));
-    assert!(ok, "wstest failed:\n{out}");
-    let index = std::fs::read_to_string(report.join("index.json")).expect("index.json");
-    let (total, bad) = autobahn_verdicts(&index);
-    eprintln!(
-        "autobahn: {total} cases, report in {}",
-        report.join("index.html").display()
-    );
-    assert!(total > 200, "only {total} cases ran:\n{out}");
-    assert!(bad.is_empty(), "cases not passed: {bad:#?}");
-}
-
-/// The case count, and each case whose `behavior` or `behaviorClose` is not OK, NON-STRICT or
-/// INFORMATIONAL, from Autobahn's index.json (read by hand to need no JSON crate: each case is
-/// `"N.N.N": {"behavior": "X", "behaviorClose": "Y", ...}`).
-fn autobahn_verdicts(index: &str) -> (usize, Vec<String>) {
-    let passed = ["\"OK\"", "\"NON-STRICT\"", "\"INFORMATIONAL\""];
-    let mut total = 0;
-    let mut bad = Vec::new();
-    for (at, _) in index.match_indices("\"behavior\":") {
-        total += 1;
-        let case_start = index[..at].rfind('{').unwrap_or(0);
-        let case_name = index[..case_start]
-            .rsplit('"')
-            .nth(1)
-            .unwrap_or("?")
-            .to_string();
-        let end = index[at..].find('}').map_or(index.len(), |e| at + e);
-        let body = &index[at..end];
-        for key in ["\"behavior\":", "\"behaviorClose\":"] {
-            let value = body
-                .find(key)
-                .map(|k| body[k + key.len()..].trim_start())
-                .and_then(|v| v.split([',', '}']).next())
-                .unwrap_or("")
-                .trim();
-            if !passed.contains(&value) {
-                bad.push(format!("{case_name} {key} {value}"));
-            }
-        }
-    }
-    (total, bad)
+    let url = format!("ws://127.0.0.1:{}", server.port);
+    let (total, report) = autobahn::fuzz(&wstest, &url, "codec");
+    eprintln!("autobahn: {total} cases, report in {}", report.display());
 }

@@ -1,9 +1,13 @@
 //! The WebSocket listener over real sockets: an independent client (Python `websockets`), the
 //! Autobahn fuzzing client, a headless Chromium, and the close paths seen from the kernel.
 
+#[path = "../../protocol/tests/autobahn/mod.rs"]
+mod autobahn;
 mod common;
 #[path = "../../protocol/tests/redis/mod.rs"]
 mod redis;
+
+use autobahn::run_bounded;
 
 use common::*;
 use std::io::{Read, Write};
@@ -30,33 +34,6 @@ fn start(env: &[(&str, &str)]) -> (Server, SocketAddr) {
         .parse()
         .expect("an address");
     (server, ws)
-}
-
-/// Runs `cmd` to its end within `limit`; its exit status and everything it printed.
-fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + limit;
-    let ok = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.success();
-        }
-        if Instant::now() >= deadline {
-            child.kill().ok();
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (ok, text)
 }
 
 fn has_python_websockets() -> bool {
@@ -335,21 +312,10 @@ fn autobahn_fuzzing_client_cases_1_to_10_against_the_server() {
     if !require_io_uring() {
         return;
     }
-    let wstest = std::env::var("RINGFAN_WSTEST").unwrap_or_else(|_| "wstest".into());
-    let mut probe = Command::new(&wstest);
-    probe.arg("--autobahnversion");
-    if Command::new(&wstest)
-        .arg("--autobahnversion")
-        .output()
-        .is_err()
-        || !run_bounded(probe, Duration::from_secs(60)).0
-    {
-        return skip(&format!(
-            "`{wstest}` (Autobahn's wstest) does not run: autobahntestsuite is Python 2 code, \
-             `virtualenv -p python2.7 VENV && VENV/bin/pip install autobahntestsuite`, then \
-             RINGFAN_WSTEST=VENV/bin/wstest"
-        ));
-    }
+    let wstest = match autobahn::wstest() {
+        Ok(w) => w,
+        Err(why) => return skip(&why),
+    };
     // An echo: each case's client is the only subscriber of `/`, and publishes to it. Case 9
     // sends messages of up to 16 MiB.
     let (server, ws) = start(&[
@@ -358,66 +324,12 @@ fn autobahn_fuzzing_client_cases_1_to_10_against_the_server() {
         ("RINGFAN_SEND_QUEUE_BYTES_MAX", "64MiB"),
         ("RINGFAN_WS_PING_INTERVAL_MS", "0"),
     ]);
-    let dir = std::env::temp_dir().join(format!("ringfan-autobahn-server-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let spec = dir.join("fuzzingclient.json");
-    let report = dir.join("report");
-    std::fs::write(
-        &spec,
-        format!(
-            r#"{{"outdir": "{}", "servers": [{{"agent": "ringfan", "url": "ws://{ws}"}}],
-               "cases": ["*"], "exclude-cases": ["12.*", "13.*"], "exclude-agent-cases": {{}}}}"#,
-            report.display()
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(&wstest);
-    cmd.current_dir(&dir)
-        .args(["-m", "fuzzingclient", "-s"])
-        .arg(&spec);
-    let (ok, out) = run_bounded(cmd, Duration::from_secs(900));
-    assert!(ok, "wstest failed:\n{out}");
-    let index = std::fs::read_to_string(report.join("index.json")).expect("index.json");
-    let (total, bad) = autobahn_verdicts(&index);
+    let (total, report) = autobahn::fuzz(&wstest, &format!("ws://{ws}"), "server");
     eprintln!(
         "autobahn against the server: {total} cases, report in {}",
-        report.join("index.html").display()
+        report.display()
     );
-    assert!(total > 200, "only {total} cases ran:\n{out}");
-    assert!(bad.is_empty(), "cases not passed: {bad:#?}");
     server.assert_clean(0, Duration::from_secs(10), "after Autobahn");
-}
-
-/// Each case whose `behavior` or `behaviorClose` is not OK, NON-STRICT or INFORMATIONAL.
-fn autobahn_verdicts(index: &str) -> (usize, Vec<String>) {
-    let mut total = 0;
-    let mut bad = Vec::new();
-    let mut rest = index;
-    while let Some(at) = rest.find("\"behavior\"") {
-        let before = &rest[..at];
-        let case = before
-            .rfind("\": {")
-            .and_then(|end| {
-                before[..end]
-                    .rfind('"')
-                    .map(|start| &before[start + 1..end])
-            })
-            .unwrap_or("?")
-            .to_string();
-        let field = |name: &str, text: &str| -> String {
-            let at = text.find(name).map(|i| i + name.len()).unwrap_or(0);
-            text[at..].split('"').nth(1).unwrap_or("").to_string()
-        };
-        let behavior = field("\"behavior\":", &rest[at..]);
-        let close = field("\"behaviorClose\":", &rest[at..]);
-        total += 1;
-        let fine = |v: &str| matches!(v, "OK" | "NON-STRICT" | "INFORMATIONAL");
-        if !fine(&behavior) || !fine(&close) {
-            bad.push(format!("{case}: {behavior} / {close}"));
-        }
-        rest = &rest[at + 10..];
-    }
-    (total, bad)
 }
 
 // ---------------------------------------------------------------------------------------------
