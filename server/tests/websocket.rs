@@ -339,6 +339,9 @@ fn autobahn_fuzzing_client_cases_1_to_10_against_the_server() {
 /// receives what it got.
 struct PageServer {
     addr: SocketAddr,
+    /// The page's script ran (the browser works here).
+    loaded: Arc<Mutex<bool>>,
+    /// Its WebSocket opened.
     ready: Arc<Mutex<bool>>,
     result: Arc<Mutex<Option<String>>>,
 }
@@ -347,9 +350,10 @@ impl PageServer {
     fn start(page: String) -> PageServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let loaded = Arc::new(Mutex::new(false));
         let ready = Arc::new(Mutex::new(false));
         let result = Arc::new(Mutex::new(None));
-        let (r, res) = (ready.clone(), result.clone());
+        let (l, r, res) = (loaded.clone(), ready.clone(), result.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { return };
@@ -384,6 +388,9 @@ impl PageServer {
                     .to_string();
                 let reply = if text.starts_with("GET / ") {
                     page.clone()
+                } else if text.starts_with("POST /loaded") {
+                    *l.lock().unwrap() = true;
+                    String::new()
                 } else if text.starts_with("POST /ready") {
                     *r.lock().unwrap() = true;
                     String::new()
@@ -404,6 +411,7 @@ impl PageServer {
         });
         PageServer {
             addr,
+            loaded,
             ready,
             result,
         }
@@ -437,6 +445,7 @@ fn headless_chromium_receives_every_line_in_order() {
     let (server, ws) = start(&[]);
     let page = format!(
         r#"<!doctype html><html><head><title>0</title></head><body><ol id="got"></ol><script>
+fetch("/loaded", {{method: "POST"}});
 const got = [];
 const ws = new WebSocket("ws://{ws}/");
 ws.onopen = () => fetch("/ready", {{method: "POST"}});
@@ -465,11 +474,21 @@ ws.onmessage = (e) => {{
         .stderr(Stdio::null())
         .spawn()
         .expect("chromium");
-    if !wait_until(secs(30), || *pages.ready.lock().unwrap()) {
+    if !wait_until(secs(30), || *pages.loaded.lock().unwrap()) {
         chrome.kill().ok();
         chrome.wait().ok();
-        return skip("Chromium started but its page never connected (no display or sandbox?)");
+        return skip("Chromium started but never ran the page's script (no display or sandbox?)");
     }
+    // The browser works: a WebSocket that does not open is the server's failure, not a skip.
+    let opened = wait_until(secs(10), || *pages.ready.lock().unwrap());
+    if !opened {
+        chrome.kill().ok();
+        chrome.wait().ok();
+    }
+    assert!(
+        opened,
+        "the page ran but its WebSocket to {ws} never opened"
+    );
     let mut line = Client::connect(server.addr());
     let mut resp = redis::Conn::connect(server.resp_addr());
     let (mut over_tcp, mut over_resp) = (Vec::new(), Vec::new());
