@@ -176,6 +176,20 @@ fn node(urls: &[String], env: &[(&str, &str)]) -> Server {
     Server::start(&all)
 }
 
+/// One nats-server and two nodes on it; None (having said why) without nats-server.
+fn two_nodes_on_one_nats() -> Option<(Vec<Nats>, Server, Server)> {
+    let cluster = match nats_cluster(1) {
+        Ok(c) => c,
+        Err(why) => {
+            skip(&why);
+            return None;
+        }
+    };
+    let url = [cluster[0].url()];
+    let (a, b) = (node(&url, &[]), node(&url, &[]));
+    Some((cluster, a, b))
+}
+
 fn publish(c: &mut redis::Conn, channel: &[u8], payload: &[u8]) {
     c.send(&redis::multibulk(&[
         b"PUBLISH".to_vec(),
@@ -336,13 +350,9 @@ fn a_node_gets_nats_traffic_only_for_topics_it_has_subscribers_for() {
     if !require_io_uring() {
         return;
     }
-    let cluster = match nats_cluster(1) {
-        Ok(c) => c,
-        Err(why) => return skip(&why),
+    let Some((cluster, a, b)) = two_nodes_on_one_nats() else {
+        return;
     };
-    let url = cluster[0].url();
-    let a = node(std::slice::from_ref(&url), &[]);
-    let b = node(&[url], &[]);
     let _held = subscribe(b.resp_addr(), b"other");
     let mut publisher = redis::Conn::connect(a.resp_addr());
     // Node B's interest in `other` reached NATS: one subscription of its connection.
@@ -425,13 +435,9 @@ fn a_stalled_nats_server_never_slows_local_fan_out() {
     if !require_io_uring() {
         return;
     }
-    let cluster = match nats_cluster(1) {
-        Ok(c) => c,
-        Err(why) => return skip(&why),
+    let Some((cluster, n1, n2)) = two_nodes_on_one_nats() else {
+        return;
     };
-    let url = cluster[0].url();
-    let n1 = node(std::slice::from_ref(&url), &[]);
-    let n2 = node(&[url], &[]);
     let mut remote = subscribe(n2.resp_addr(), b"lines");
     let mut local = Client::connect(n1.addr());
     let mut publisher = Client::connect(n1.addr());
