@@ -454,28 +454,36 @@ impl<'a> Receiving<'a> {
         }
     }
 
+    /// Bytes received on connection `idx`: through its handshake, then the marker scanner and
+    /// the loss accounting.
+    fn take(&mut self, idx: usize, data: &[u8]) {
+        let conn = &mut self.conns[idx];
+        let last = &mut self.last[idx * self.streams..(idx + 1) * self.streams];
+        let st = Streams {
+            topics: &self.topics,
+            first_measured: &self.shared.first_measured,
+            first_channel: conn.first_channel,
+        };
+        on_data(conn, data, self.proto, &mut self.acc, last, st, self.shared);
+    }
+
     fn on_completion(&mut self, drv: &mut Uring, c: &Completion) {
         if c.user_data.op() != Some(Op::Recv) {
             return;
         }
         let idx = c.user_data.slot() as usize;
-        let Some(conn) = self.conns.get_mut(idx) else {
+        if idx >= self.conns.len() {
             if let Some(id) = c.buffer {
                 drv.recycle(id);
             }
             return;
-        };
+        }
         if let Some(id) = c.buffer {
             if c.result > 0 {
                 let data = drv.buffer(id, c.result as usize);
                 self.acc.now = now_ns();
-                let last = &mut self.last[idx * self.streams..(idx + 1) * self.streams];
-                let st = Streams {
-                    topics: &self.topics,
-                    first_measured: &self.shared.first_measured,
-                    first_channel: conn.first_channel,
-                };
-                on_data(conn, data, self.proto, &mut self.acc, last, st, self.shared);
+                self.take(idx, data);
+                let conn = &mut self.conns[idx];
                 // NATS servers ping idle-looking clients; answer so long runs survive.
                 // A PING split across two buffers is missed (the server pings again).
                 if self.proto == Proto::Nats
@@ -497,6 +505,7 @@ impl<'a> Receiving<'a> {
             }
             drv.recycle(id);
         }
+        let conn = &mut self.conns[idx];
         if !c.more && conn.alive {
             rearm_or_end(drv, conn, c, &mut self.counts, self.shared);
         }
@@ -789,14 +798,7 @@ mod tests {
     /// Feeds `data` to connection `idx` in chunks of `cut` bytes, as completions would.
     fn feed(r: &mut Receiving<'_>, idx: usize, data: &[u8], cut: usize) {
         for chunk in data.chunks(cut) {
-            let conn = &mut r.conns[idx];
-            let last = &mut r.last[idx * r.streams..(idx + 1) * r.streams];
-            let st = Streams {
-                topics: &r.topics,
-                first_measured: &r.shared.first_measured,
-                first_channel: conn.first_channel,
-            };
-            on_data(conn, chunk, r.proto, &mut r.acc, last, st, r.shared);
+            r.take(idx, chunk);
         }
     }
 
